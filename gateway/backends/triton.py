@@ -1,0 +1,123 @@
+"""Triton's generate extension, in front of the TensorRT-LLM `ensemble` model.
+
+Field mapping (OpenAI -> ensemble input):
+
+    prompt       -> text_input           max_tokens  -> max_tokens
+    temperature  -> temperature          top_p       -> top_p
+    stop         -> stop_words           seed        -> seed
+    ignore_eos   -> min_tokens = max_tokens (the engine may not stop early)
+    (always)     -> stream = true, return_num_input_tokens, return_num_output_tokens
+
+Each streamed event carries the new text in `text_output` and, when asked for, the
+prompt length in `num_input_tokens` and the tokens of this event in `num_output_tokens`.
+Triton sends no `[DONE]`: the stream simply ends. An error after the stream started
+arrives as a `{"error": ...}` event under HTTP 200, so every event is checked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from gateway.backends.base import GenerationChunk, GenerationRequest
+from gateway.backends.sse import sse_data
+from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
+
+
+class TritonBackend:
+    def __init__(self, client: httpx.AsyncClient, model: str = "ensemble") -> None:
+        self._client = client
+        self._model = model
+
+    @classmethod
+    def connect(
+        cls, base_url: str, model: str, timeout_s: float, connect_timeout_s: float
+    ) -> TritonBackend:
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        return cls(httpx.AsyncClient(base_url=base_url, timeout=timeout), model)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        url = f"/v2/models/{self._model}/generate_stream"
+        try:
+            async with self._client.stream("POST", url, json=_ensemble_inputs(request)) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _error_from_status(response, self._model)
+                async for data in sse_data(response.aiter_lines()):
+                    yield _chunk(data)
+        except httpx.TransportError as error:
+            raise BackendUnavailableError(
+                f"Triton at {self._client.base_url} is unreachable: {error!r}"
+            ) from error
+
+    async def ready(self) -> bool:
+        try:
+            response = await self._client.get(f"/v2/models/{self._model}/ready")
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _ensemble_inputs(request: GenerationRequest) -> dict[str, Any]:
+    inputs: dict[str, Any] = {
+        "text_input": request.prompt,
+        "max_tokens": request.max_tokens,
+        "stream": True,
+        "return_num_input_tokens": True,
+        "return_num_output_tokens": True,
+    }
+    if request.temperature is not None:
+        inputs["temperature"] = request.temperature
+    if request.top_p is not None:
+        inputs["top_p"] = request.top_p
+    if request.stop:
+        inputs["stop_words"] = request.stop
+    if request.seed is not None:
+        inputs["seed"] = request.seed
+    if request.ignore_eos:
+        inputs["min_tokens"] = request.max_tokens
+    return inputs
+
+
+def _chunk(data: str) -> GenerationChunk:
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError as error:
+        raise BackendError(f"Triton sent an event that is not JSON: {data[:200]!r}") from error
+    if "error" in event:
+        raise BackendError(f"Triton: {_first_line(str(event['error']))}")
+    return GenerationChunk(
+        text=str(event.get("text_output", "")),
+        output_tokens=_int_or_none(event.get("num_output_tokens")),
+        prompt_tokens=_int_or_none(event.get("num_input_tokens")),
+    )
+
+
+def _error_from_status(response: httpx.Response, model: str) -> Exception:
+    try:
+        message = str(response.json().get("error", response.text))
+    except (json.JSONDecodeError, AttributeError):
+        message = response.text
+    if response.status_code == 400:
+        return InvalidRequestError(f"Triton refused the request: {_first_line(message)}")
+    if response.status_code in (404, 503):
+        return BackendUnavailableError(f"Triton model {model!r} is not available: {message}")
+    return BackendError(f"Triton answered HTTP {response.status_code}: {_first_line(message)}")
+
+
+def _first_line(message: str) -> str:
+    """Triton errors from Python models carry a whole traceback; its last line says it."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return int(value) if isinstance(value, (int, float)) else None

@@ -1,0 +1,89 @@
+"""Prometheus metrics of one gateway, in a registry of its own (no module globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from governor.loop import GovernorStatus
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_TBT_BUCKETS_S = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.5, 1)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "throttllem_requests",
+            "Completion requests answered, by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "throttllem_tokens",
+            "Tokens processed, by kind (prompt or completion).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.ttft_s = Histogram(
+            "throttllem_time_to_first_token_seconds",
+            "Time from arrival to the first token.",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.tbt_s = Histogram(
+            "throttllem_time_between_tokens_seconds",
+            "Time between consecutive tokens of one answer.",
+            buckets=_TBT_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.e2e_s = Histogram(
+            "throttllem_end_to_end_seconds",
+            "Time from arrival to the last token.",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "throttllem_requests_in_flight",
+            "Requests being served right now.",
+            registry=self.registry,
+        )
+
+    def watch_governor(self, status: GovernorStatus) -> None:
+        """Export the governor's clock, power and energy, read fresh at every scrape."""
+        self.registry.register(_GovernorCollector(status))
+
+
+class _GovernorCollector(Collector):
+    def __init__(self, status: GovernorStatus) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self._status
+        gauges = [
+            ("throttllem_gpu_clock_mhz", "Graphics clock in force, MHz.", status.current_clock_mhz),
+            (
+                "throttllem_gpu_target_clock_mhz",
+                "Clock the governor asked for, MHz.",
+                status.target_clock_mhz,
+            ),
+            ("throttllem_gpu_power_watts", "Power of the instance's GPUs, W.", status.power_w),
+            (
+                "throttllem_gpu_energy_joules",
+                "Energy of the instance's GPUs since their counters' origin, J.",
+                None if status.energy_mj is None else status.energy_mj / 1000,
+            ),
+            ("throttllem_governor_decisions", "Clock decisions taken so far.", status.decisions),
+            (
+                "throttllem_governor_decision_ms",
+                "Time the last decision took, ms.",
+                status.last_decision_ms,
+            ),
+        ]
+        for name, documentation, value in gauges:
+            if value is not None:
+                yield GaugeMetricFamily(name, documentation, value=float(value))

@@ -1,0 +1,1 @@
+"""GPU clock backends behind one interface: `GpuClock`."""

@@ -1,0 +1,137 @@
+"""`throttllem twin`: the engine twin served by a real Triton server through PyTriton.
+
+One process holds the engine (paced on the wall clock), the GPU control API (uvicorn,
+in a thread) and PyTriton's proxy; Triton itself runs as a child process in the same
+process group, so whoever started this process can stop all of it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sysconfig
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from predictor.tokenizer import PromptTokenizer
+from simulator.control_api import create_control_app
+from simulator.engine import Engine
+from simulator.gpu import A100_SXM4_40GB, SimulatedGpu
+from simulator.realtime import RealtimeEngine
+from simulator.responses import FillerResponses
+from simulator.triton_model import INPUTS, MODEL_NAME, OUTPUTS, TwinModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TwinOptions:
+    host: str = "127.0.0.1"
+    http_port: int = 8010
+    grpc_port: int = 8011
+    metrics_port: int = 8012
+    control_port: int = 8013
+    max_batch_size: int = 64
+    triton_log_file: Path | None = None
+    parent_pid: int | None = None
+
+
+def prepare_python_backend_environment() -> None:
+    """Point the Triton Python-backend stub at this interpreter's libpython.
+
+    The stub links `libpython3.x.so`; under a pyenv (or any non-system) Python the
+    system copy differs from the running interpreter's standard library, and model load
+    fails with "'_thread.RLock' object has no attribute '_recursion_count'". PyTriton
+    passes our environment to Triton, so putting LIBDIR first fixes the lookup.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if not libdir:
+        return
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    if libdir not in current.split(os.pathsep):
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, current) if p)
+
+
+def serve_twin(options: TwinOptions) -> None:
+    """Serve until SIGINT or SIGTERM; Triton and its stubs are stopped before returning."""
+    prepare_python_backend_environment()
+    from pytriton.model_config import ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    engine = RealtimeEngine(
+        Engine(gpu=SimulatedGpu(A100_SXM4_40GB), max_batch_size=options.max_batch_size)
+    )
+    model = TwinModel(engine, FillerResponses(PromptTokenizer.from_file()))
+    control = _start_control_api(engine, options)
+    engine.start()
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)  # even if started with SIGINT ignored
+    config = TritonConfig(
+        http_address=options.host,
+        http_port=options.http_port,
+        grpc_address=options.host,
+        grpc_port=options.grpc_port,
+        metrics_address=options.host,
+        metrics_port=options.metrics_port,
+        log_file=options.triton_log_file,
+    )
+    if options.parent_pid is not None:
+        _exit_with_parent(options.parent_pid)
+    try:
+        with Triton(config=config) as triton:
+            triton.bind(
+                model_name=MODEL_NAME,
+                infer_func=model,
+                inputs=[
+                    Tensor(name=t.name, dtype=t.dtype, shape=(1,), optional=t.optional)
+                    for t in INPUTS
+                ],
+                outputs=[Tensor(name=t.name, dtype=t.dtype, shape=(1,)) for t in OUTPUTS],
+                config=ModelConfig(decoupled=True, batching=False),
+                strict=False,
+            )
+            log.info(
+                "twin ready: Triton HTTP on %s:%d, GPU control on %s:%d",
+                options.host,
+                options.http_port,
+                options.host,
+                options.control_port,
+            )
+            triton.serve()
+    finally:
+        engine.stop()
+        control.should_exit = True
+
+
+def _start_control_api(engine: RealtimeEngine, options: TwinOptions) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_control_app(engine),
+        host=options.host,
+        port=options.control_port,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, name="twin-control-api", daemon=True).start()
+    return server
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Stop (and so stop Triton) if the process that started us dies without telling us."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        log.warning("parent process %d is gone; stopping the twin", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="twin-parent-watch", daemon=True).start()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,150 @@
+"""One request end to end on real parts: the official `openai` client, the gateway of
+`throttllem run`, and the twin served by a real Triton server (PyTriton).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.processes import free_ports, processes_with_argument, wait_for_http
+
+MODEL = "llama-2-13b"
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[str]
+    base_url: str
+    control_url: str
+    triton_http_port: int
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    gateway_port, http_port, grpc_port, metrics_port, control_port = free_ports(5)
+    command = [
+        sys.executable, "-m", "throttllem", "run", "--port", str(gateway_port),
+        "--twin-http-port", str(http_port), "--twin-grpc-port", str(grpc_port),
+        "--twin-metrics-port", str(metrics_port), "--twin-control-port", str(control_port),
+    ]  # fmt: skip
+    log_path = tmp_path_factory.mktemp("stack") / "throttllem-run.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    base_url = f"http://127.0.0.1:{gateway_port}"
+    try:
+        try:
+            wait_for_http(f"{base_url}/health/ready", 120, lambda: process.poll() is None)
+        except (RuntimeError, TimeoutError):
+            print(log_path.read_text())
+            raise
+        yield Stack(process, base_url, f"http://127.0.0.1:{control_port}", http_port)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0) as client:
+        yield client
+
+
+def test_a_completion_comes_back_through_triton(client: openai.OpenAI):
+    result = client.completions.create(
+        model=MODEL, prompt="Say hello", max_tokens=12, extra_body={"ignore_eos": True}
+    )
+    choice = result.choices[0]
+    assert choice.text.strip()
+    assert choice.finish_reason == "length"
+    assert result.usage.completion_tokens == 12
+    assert result.usage.prompt_tokens == 2  # "Say hello" is two Llama 3 tokens
+    assert result.usage.total_tokens == 14
+
+
+def test_a_streamed_completion_arrives_token_by_token_and_ends(client: openai.OpenAI):
+    stream = client.completions.create(
+        model=MODEL,
+        prompt="Say hello",
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert len(texts) == 8  # one event per token
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_streamed_and_whole_answers_to_the_same_prompt_agree(client: openai.OpenAI):
+    whole = client.completions.create(model=MODEL, prompt="Tell me a story", max_tokens=20)
+    streamed = client.completions.create(
+        model=MODEL, prompt="Tell me a story", max_tokens=20, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+
+
+def test_bad_input_gets_an_openai_shaped_400(client: openai.OpenAI):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=4, n=2)
+    assert error.value.body["type"] == "invalid_request_error"
+    assert error.value.body["param"] == "n"
+
+
+def test_an_unknown_model_gets_a_404(client: openai.OpenAI):
+    with pytest.raises(openai.NotFoundError) as error:
+        client.completions.create(model="gpt-5", prompt="hi", max_tokens=4)
+    assert error.value.body["code"] == "model_not_found"
+
+
+def test_models_health_and_metrics_answer(stack: Stack, client: openai.OpenAI):
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert httpx.get(f"{stack.base_url}/health/live").json() == {"status": "live"}
+    client.completions.create(
+        model=MODEL, prompt="count me", max_tokens=3, extra_body={"ignore_eos": True}
+    )
+    metrics = httpx.get(f"{stack.base_url}/metrics").text
+    assert 'throttllem_requests_total{endpoint="completions",status="200"}' in metrics
+    assert "throttllem_time_to_first_token_seconds_count" in metrics
+    assert "throttllem_gpu_clock_mhz 1410.0" in metrics  # the governor reads the twin's GPU
+
+
+def test_ctrl_c_stops_everything_and_leaves_no_triton_behind(stack: Stack):
+    port = str(stack.triton_http_port)
+    assert processes_with_argument("tritonserver", port), "Triton should be running"
+    stack.process.send_signal(signal.SIGINT)
+    assert stack.process.wait(timeout=60) == 0
+    assert processes_with_argument("tritonserver", port) == []
+    stubs = [
+        pid
+        for pid in processes_with_argument("triton_python_backend_stub", "ensemble_0_0")
+        if _parent_of(pid) == 1
+    ]
+    assert stubs == [], "orphaned Python-backend stubs"
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+if os.environ.get("CI") and not os.path.exists("/proc"):
+    raise RuntimeError("these tests read /proc to find leftover processes")

@@ -1,0 +1,46 @@
+import pytest
+
+from throttllem.cli import NOT_IMPLEMENTED_EXIT_CODE, build_parser, main
+
+SUBCOMMANDS = ["run", "serve", "govern", "twin", "replay", "profile", "train", "bench"]
+PLANNED = ["govern", "replay", "profile", "train", "bench"]
+
+
+def test_every_subcommand_is_listed_in_the_top_level_help(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in help_text
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert f"throttllem {name}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", PLANNED)
+def test_planned_subcommands_say_so_and_exit_2(name: str, capsys: pytest.CaptureFixture[str]):
+    assert main([name]) == NOT_IMPLEMENTED_EXIT_CODE
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_run_takes_consecutive_twin_ports_by_default():
+    args = build_parser().parse_args(["run"])
+    ports = [
+        args.twin_http_port,
+        args.twin_grpc_port,
+        args.twin_metrics_port,
+        args.twin_control_port,
+    ]
+    assert ports == [8010, 8011, 8012, 8013]
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2

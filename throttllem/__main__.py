@@ -1,0 +1,3 @@
+from throttllem.cli import main
+
+raise SystemExit(main())

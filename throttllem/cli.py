@@ -1,0 +1,164 @@
+"""The `throttllem` command line: one subcommand per way of running the project."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+NOT_IMPLEMENTED_EXIT_CODE = 2
+
+# Subcommands whose issue has not landed yet: they say so and exit 2.
+_PLANNED = {
+    "govern": (
+        "run the governor alone next to the GPUs, reading the scoreboard from Redis",
+        "issue 7 (governor)",
+    ),
+    "replay": (
+        "replay a trace against every policy and report energy and SLOs",
+        "issue 8 (replay and report)",
+    ),
+    "profile": (
+        "profile a Triton server: batch size x clock -> iterations per second",
+        "issue 4 (predictors)",
+    ),
+    "train": (
+        "train the performance or output-length model and export it to ONNX",
+        "issue 4 (predictors)",
+    ),
+    "bench": ("run a benchmark and write its JSON", "issue 3 (digital twin)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="throttllem",
+        description="Energy-saving, SLO-keeping gateway for LLM inference servers.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="Python log level (default: INFO)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="the embedded stack: twin in Triton, gateway and governor",
+        description="Start the digital twin in a real Triton server, the gateway with in-memory "
+        "state and the governor on the twin's simulated GPU; serve until Ctrl-C.",
+    )
+    _add_gateway_address(run)
+    _add_twin_ports(run, flag_prefix="twin-", first_port=8010)
+    run.set_defaults(handler=_run)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the gateway alone, in front of an existing server",
+        description="Serve the OpenAI-compatible gateway. Everything else comes from "
+        "THROTTLLEM_* environment variables (see docs/configuration.md).",
+    )
+    _add_gateway_address(serve)
+    serve.set_defaults(handler=_serve)
+
+    twin = commands.add_parser(
+        "twin",
+        help="the digital twin hosted in a real Triton server",
+        description="Host the engine twin as the Triton model `ensemble` (TensorRT-LLM's "
+        "inputs and outputs) with an HTTP control API for its simulated GPU.",
+    )
+    twin.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    _add_twin_ports(twin, flag_prefix="", first_port=8000)
+    twin.add_argument("--max-batch-size", type=int, default=64, help="engine batch slots")
+    twin.add_argument(
+        "--triton-log-file", type=Path, default=None, help="Triton's log (default: stdout)"
+    )
+    twin.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone")
+    twin.set_defaults(handler=_twin)
+
+    for name, (summary, issue) in _PLANNED.items():
+        planned = commands.add_parser(
+            name, help=summary, description=f"{summary}. Not implemented yet: {issue}."
+        )
+        planned.set_defaults(handler=_not_implemented(name, issue))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def _add_gateway_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default=None, help="gateway address (default: THROTTLLEM_HOST or 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="gateway port (default: THROTTLLEM_PORT or 8000)"
+    )
+
+
+def _add_twin_ports(parser: argparse.ArgumentParser, flag_prefix: str, first_port: int) -> None:
+    """The twin's four ports, consecutive from `first_port` unless given."""
+    for offset, (name, what) in enumerate(
+        [
+            ("http", "Triton HTTP"),
+            ("grpc", "Triton gRPC"),
+            ("metrics", "Triton metrics"),
+            ("control", "GPU control API"),
+        ]
+    ):
+        parser.add_argument(
+            f"--{flag_prefix}{name}-port",
+            dest=f"twin_{name}_port",
+            type=int,
+            default=first_port + offset,
+            help=f"{what} port (default: {first_port + offset})",
+        )
+
+
+def _twin(args: argparse.Namespace) -> int:
+    from simulator.twin_server import TwinOptions, serve_twin
+
+    serve_twin(
+        TwinOptions(
+            host=args.host,
+            http_port=args.twin_http_port,
+            grpc_port=args.twin_grpc_port,
+            metrics_port=args.twin_metrics_port,
+            control_port=args.twin_control_port,
+            max_batch_size=args.max_batch_size,
+            triton_log_file=args.triton_log_file,
+            parent_pid=args.parent_pid,
+        )
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from throttllem.stack import serve_gateway
+
+    return serve_gateway(host=args.host, port=args.port)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from throttllem.stack import TwinPorts, run_stack
+
+    ports = TwinPorts(
+        http=args.twin_http_port,
+        grpc=args.twin_grpc_port,
+        metrics=args.twin_metrics_port,
+        control=args.twin_control_port,
+    )
+    return run_stack(host=args.host, port=args.port, twin_ports=ports)
+
+
+def _not_implemented(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        print(f"throttllem {name}: not implemented yet ({issue}).", file=sys.stderr)
+        return NOT_IMPLEMENTED_EXIT_CODE
+
+    return handler

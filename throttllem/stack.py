@@ -1,0 +1,157 @@
+"""Process wiring for `throttllem run` and `throttllem serve`.
+
+`run` starts the twin as a child process in a session of its own (so Triton and its
+Python-backend stubs can be stopped as one group), waits until its model is ready,
+then serves the gateway with the embedded governor in this process until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import GpuBackendKind, Settings
+
+log = logging.getLogger(__name__)
+
+TWIN_READY_TIMEOUT_S = 120.0
+TWIN_STOP_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class TwinPorts:
+    http: int = 8010
+    grpc: int = 8011
+    metrics: int = 8012
+    control: int = 8013
+
+
+def triton_log_file(ports: TwinPorts) -> Path:
+    return Path(tempfile.gettempdir()) / f"throttllem-triton-{ports.http}.log"
+
+
+def serve_gateway(host: str | None, port: int | None) -> int:
+    settings = _with_address(Settings(), host, port)
+    _serve(settings)
+    return 0
+
+
+def run_stack(host: str | None, port: int | None, twin_ports: TwinPorts) -> int:
+    settings = _with_address(Settings(), host, port).model_copy(
+        update={
+            "backend_url": f"http://127.0.0.1:{twin_ports.http}",
+            "gpu_backend": GpuBackendKind.simulated,
+            "gpu_control_url": f"http://127.0.0.1:{twin_ports.control}",
+        }
+    )
+    with _twin_process(twin_ports) as twin:
+        if not _wait_until_ready(twin, settings.backend_url, settings.triton_model):
+            return 1
+        _print_banner(settings, twin_ports)
+        _serve(settings)
+    return 0
+
+
+def _with_address(settings: Settings, host: str | None, port: int | None) -> Settings:
+    update = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    return settings.model_copy(update=update)
+
+
+def _serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM; a requested stop is a normal exit, not an error."""
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning"
+    )
+    with suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it shut down for
+        uvicorn.Server(config).run()
+    log.info("gateway stopped")
+
+
+@contextmanager
+def _twin_process(ports: TwinPorts) -> Iterator[subprocess.Popen[bytes]]:
+    command = [
+        sys.executable,
+        "-m",
+        "throttllem",
+        "twin",
+        "--http-port",
+        str(ports.http),
+        "--grpc-port",
+        str(ports.grpc),
+        "--metrics-port",
+        str(ports.metrics),
+        "--control-port",
+        str(ports.control),
+    ]
+    log.info("starting the twin: %s", " ".join(command))
+    process = subprocess.Popen(command, start_new_session=True)
+    try:
+        yield process
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the twin's whole process group, then SIGKILL whatever is left."""
+    try:
+        group = os.getpgid(process.pid)
+    except ProcessLookupError:
+        return
+    _signal_group(group, signal.SIGTERM)
+    try:
+        process.wait(timeout=TWIN_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("the twin did not stop in %.0f s; killing it", TWIN_STOP_TIMEOUT_S)
+    _signal_group(group, signal.SIGKILL)  # Triton or a stub that outlived the twin
+    process.wait()
+
+
+def _signal_group(group: int, signum: signal.Signals) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(group, signum)
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, model: str) -> bool:
+    deadline_s = time.monotonic() + TWIN_READY_TIMEOUT_S
+    url = f"{base_url}/v2/models/{model}/ready"
+    while time.monotonic() < deadline_s:
+        if process.poll() is not None:
+            log.error("the twin exited with code %s before it was ready", process.returncode)
+            return False
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    log.error("the twin was not ready after %.0f s", TWIN_READY_TIMEOUT_S)
+    return False
+
+
+def _print_banner(settings: Settings, twin_ports: TwinPorts) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    body = f'{{"model": "{settings.served_model_name}", "prompt": "Say hello", "max_tokens": 16}}'
+    print(
+        "\nthrottllem is serving.\n"
+        f"  base URL:  {base}/v1\n"
+        f"  try:       curl -s {base}/v1/completions -H 'Content-Type: application/json' "
+        f"-d '{body}'\n"
+        f"  metrics:   {base}/metrics\n"
+        f"  twin:      Triton on http://127.0.0.1:{twin_ports.http} "
+        f"(log: {triton_log_file(twin_ports)})\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
