@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.processes import free_ports, processes_with_argument, wait_for_http
+from tests.servers import free_ports, processes_with_argument, wait_for_http
 
 MODEL = "llama-2-13b"
 
