@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def wait_for_http(url: str, timeout_s: float, is_alive: callable) -> None:
+def wait_for_http(url: str, timeout_s: float, is_alive: Callable[[], bool]) -> None:
     deadline_s = time.monotonic() + timeout_s
     while time.monotonic() < deadline_s:
         if not is_alive():
