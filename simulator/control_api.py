@@ -1,15 +1,19 @@
-"""HTTP control API of the simulated GPUs: what NVML offers, over HTTP.
+"""HTTP control API of the simulated GPUs (what NVML offers, over HTTP) and the twin's
+Prometheus metrics.
 
-The governor's `simulated` backend talks to this, exactly as its `nvml` backend talks
-to NVML. Each device of the tensor-parallel instance has its own index.
+The governor's `simulated` backend talks to this exactly as its `nvml` backend talks to
+NVML: one index per GPU of the tensor-parallel instance.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from simulator.gpu import SimulatedGpu, UnsupportedClockError
+from simulator.engine import Engine
+from simulator.gpu import UnsupportedClockError
+from simulator.metrics import twin_registry
 from simulator.realtime import RealtimeEngine
 
 
@@ -30,12 +34,18 @@ class GpuState(BaseModel):
     energy_mj: float
 
 
-def create_control_app(engine: RealtimeEngine) -> FastAPI:
-    app = FastAPI(title="throttllem twin GPU control", docs_url=None, redoc_url=None)
+def create_control_app(runner: RealtimeEngine) -> FastAPI:
+    app = FastAPI(title="throttllem twin: GPU control and metrics", docs_url=None, redoc_url=None)
+    registry = twin_registry(runner)
 
-    def state(gpu: SimulatedGpu, now_s: float) -> GpuState:
+    def state(engine: Engine, index: int, now_s: float) -> GpuState:
+        if not 0 <= index < len(engine.gpus):
+            raise HTTPException(
+                404, f"no GPU {index}: this instance has GPUs 0-{len(engine.gpus) - 1}"
+            )
+        gpu = engine.gpus[index]
         return GpuState(
-            index=0,
+            index=index,
             name=gpu.spec.name,
             supported_clocks_mhz=gpu.spec.supported_clocks_mhz(),
             default_clock_mhz=gpu.default_clock_mhz,
@@ -46,44 +56,44 @@ def create_control_app(engine: RealtimeEngine) -> FastAPI:
             energy_mj=gpu.energy_mj(),
         )
 
-    def check_index(index: int) -> None:
-        if index != 0:
-            raise HTTPException(404, f"no GPU {index}: this instance has GPU 0 only")
-
     @app.get("/gpus")
     def list_gpus() -> list[GpuState]:
-        return [engine.with_gpu(state)]
+        return runner.locked(
+            lambda engine, now_s: [state(engine, i, now_s) for i in range(len(engine.gpus))]
+        )
 
     @app.get("/gpus/{index}")
     def get_gpu(index: int) -> GpuState:
-        check_index(index)
-        return engine.with_gpu(state)
+        return runner.locked(lambda engine, now_s: state(engine, index, now_s))
 
     @app.put("/gpus/{index}/locked-clocks")
     def lock_clocks(index: int, clocks: LockedClocks) -> GpuState:
-        check_index(index)
         if clocks.min_mhz != clocks.max_mhz:
             raise HTTPException(
                 400, "the simulated GPU locks one clock: min_mhz must equal max_mhz"
             )
 
-        def lock(gpu: SimulatedGpu, now_s: float) -> GpuState:
+        def lock(engine: Engine, now_s: float) -> GpuState:
+            state(engine, index, now_s)  # 404 for an unknown index
             try:
-                gpu.lock_clock(clocks.max_mhz, now_s)
+                engine.gpus[index].lock_clock(clocks.max_mhz, now_s)
             except UnsupportedClockError as error:
                 raise HTTPException(400, str(error)) from error
-            return state(gpu, now_s)
+            return state(engine, index, now_s)
 
-        return engine.with_gpu(lock)
+        return runner.locked(lock)
 
     @app.delete("/gpus/{index}/locked-clocks")
     def reset_clocks(index: int) -> GpuState:
-        check_index(index)
+        def reset(engine: Engine, now_s: float) -> GpuState:
+            state(engine, index, now_s)
+            engine.gpus[index].reset_clock(now_s)
+            return state(engine, index, now_s)
 
-        def reset(gpu: SimulatedGpu, now_s: float) -> GpuState:
-            gpu.reset_clock(now_s)
-            return state(gpu, now_s)
+        return runner.locked(reset)
 
-        return engine.with_gpu(reset)
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

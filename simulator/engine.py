@@ -1,18 +1,32 @@
-"""The engine twin: in-flight batching, one iteration at a time, on a clock passed in.
+"""The engine twin: TensorRT-LLM's in-flight batching, one iteration at a time.
 
-Every iteration schedules waiting requests into free batch slots (their prefill runs in
-the same iteration as the decode of the running ones), then every running request emits
-one token, and requests that reached their true output length leave the batch.
-`step()` never sleeps: the caller owns time.
+Each iteration first lets the running requests grow by one token (pausing the newest
+ones under `max_utilization` if the KV cache runs out), then schedules waiting requests
+into free batch slots in arrival order, their prefill running in the same iteration as
+the others' decode. Every scheduled request emits one token; those that reach their true
+output length leave. `step()` never sleeps: the caller owns time.
+
+Bookkeeping is O(1) per iteration however large the batch: a request's context grows by
+one token per iteration, so the iteration at which it finishes and those at which it
+needs a new KV block are known when it is scheduled.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Protocol
+
+import numpy as np
 
 from simulator.gpu import SimulatedGpu
+from simulator.physics import IterationModel, PowerModel
+from simulator.profile import EngineProfile
+
+POLICIES = ("guaranteed_no_evict", "max_utilization")
+
+
+class RequestRejectedError(ValueError):
+    """The engine cannot take this request; the message says why."""
 
 
 @dataclass
@@ -21,55 +35,34 @@ class Sequence:
 
     request_id: str
     prompt_tokens: int
+    max_tokens: int
     output_tokens: int
     generated_tokens: int = 0
+    # Set while running: the iteration it was scheduled at and its context then.
+    start_iteration: int = -1
+    start_context_tokens: int = 0
+    start_generated_tokens: int = 0
 
-    @property
-    def context_tokens(self) -> int:
-        return self.prompt_tokens + self.generated_tokens
+    def generated_after(self, completed_iterations: int) -> int:
+        return self.start_generated_tokens + completed_iterations - self.start_iteration
 
-
-class IterationTiming(Protocol):
-    def iteration_s(
-        self, context_tokens: list[int], prefill_tokens: int, clock_mhz: int, max_clock_mhz: int
-    ) -> float: ...
-
-
-@dataclass(frozen=True)
-class SimpleTiming:
-    """A first, uncalibrated iteration-time model: a fixed part, a per-sequence part and a
-    prefill part, of which `clock_bound_fraction` stretches as 1/f when the clock drops.
-    """
-
-    base_ms: float = 18.0
-    per_sequence_ms: float = 0.15
-    prefill_ms_per_token: float = 0.05
-    clock_bound_fraction: float = 0.3
-
-    def iteration_s(
-        self, context_tokens: list[int], prefill_tokens: int, clock_mhz: int, max_clock_mhz: int
-    ) -> float:
-        at_max_clock_ms = (
-            self.base_ms
-            + self.per_sequence_ms * len(context_tokens)
-            + self.prefill_ms_per_token * prefill_tokens
-        )
-        stretch = (1 - self.clock_bound_fraction) + self.clock_bound_fraction * (
-            max_clock_mhz / clock_mhz
-        )
-        return at_max_clock_ms * stretch / 1000.0
+    def context_after(self, completed_iterations: int) -> int:
+        return self.prompt_tokens + self.generated_after(completed_iterations)
 
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one iteration did. Tokens are emitted at `started_s + duration_s`."""
+    """What one iteration did. Its tokens are emitted at `started_s + duration_s`."""
 
     started_s: float
     duration_s: float
     clock_mhz: int
-    batch_size: int
+    batch_size: int = 0
+    prefill_requests: int = 0
+    prefill_tokens: int = 0
     emitted: tuple[str, ...] = ()
     finished: tuple[str, ...] = ()
+    paused: tuple[str, ...] = ()
 
     @property
     def ended_s(self) -> float:
@@ -78,21 +71,66 @@ class StepResult:
 
 @dataclass
 class Engine:
-    gpu: SimulatedGpu
-    timing: IterationTiming = field(default_factory=SimpleTiming)
-    max_batch_size: int = 64
+    profile: EngineProfile
+    seed: int = 0
+    policy: str = ""
+    gpus: list[SimulatedGpu] = field(default_factory=list)
     iterations: int = 0
+    kv_used_blocks: int = 0
+    last_step: StepResult | None = None
     _waiting: deque[Sequence] = field(default_factory=deque)
     _running: dict[str, Sequence] = field(default_factory=dict)
+    _reserved_blocks: int = 0
+    _context_tokens: int = 0
+    _block_crossings: list[int] = field(default_factory=list)
+    _finishing: defaultdict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def __post_init__(self) -> None:
+        self.policy = self.policy or self.profile.scheduler_policy
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown scheduler policy {self.policy!r}; use one of {POLICIES}")
+        power = PowerModel(self.profile)
+        if not self.gpus:
+            self.gpus = [
+                SimulatedGpu(self.profile.gpu, power) for _ in range(self.profile.tensor_parallel)
+            ]
+        self._model = IterationModel(self.profile)
+        self._tokens_per_block = self.profile.tokens_per_block
+        self._block_crossings = [0] * self._tokens_per_block
+        self.kv_capacity_blocks = self.profile.kv_capacity_blocks
+        self._noise = _Noise(self.profile.iteration_noise, self.seed)
+
+    # -- requests -----------------------------------------------------------------
+
+    def check(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Raise RequestRejectedError if a request of this shape can never be served."""
+        window = self.profile.model.context_window_tokens
+        if max_tokens < 1:
+            raise RequestRejectedError(f"max_tokens must be at least 1, got {max_tokens}")
+        if prompt_tokens < 1:
+            raise RequestRejectedError("the prompt must have at least one token")
+        if prompt_tokens + max_tokens > window:
+            raise RequestRejectedError(
+                f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"context window of {self.profile.model.name} ({window} tokens)"
+            )
+        if self._blocks(prompt_tokens + max_tokens) > self.kv_capacity_blocks:
+            raise RequestRejectedError(
+                f"the request needs more KV cache than the engine has "
+                f"({self.kv_capacity_blocks} blocks of {self._tokens_per_block} tokens)"
+            )
 
     def submit(self, sequence: Sequence) -> None:
-        if sequence.output_tokens < 1:
-            raise ValueError("a sequence must generate at least one token")
+        self.check(sequence.prompt_tokens, sequence.max_tokens)
+        if not 1 <= sequence.output_tokens <= sequence.max_tokens:
+            raise RequestRejectedError("output_tokens must lie in 1..max_tokens")
         self._waiting.append(sequence)
 
     def cancel(self, request_id: str) -> None:
-        self._running.pop(request_id, None)
-        self._waiting = deque(s for s in self._waiting if s.request_id != request_id)
+        if request_id in self._running:
+            self._release(self._running.pop(request_id))
+        else:
+            self._waiting = deque(s for s in self._waiting if s.request_id != request_id)
 
     @property
     def has_work(self) -> bool:
@@ -106,42 +144,148 @@ class Engine:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def clock_mhz(self, now_s: float) -> int:
+        """The slowest GPU of the instance paces every iteration."""
+        return min(gpu.clock_mhz(now_s) for gpu in self.gpus)
+
+    # -- iterations ---------------------------------------------------------------
+
     def step(self, now_s: float) -> StepResult:
         """Run one iteration starting at `now_s`; an idle engine returns an empty result."""
-        clock_mhz = self.gpu.clock_mhz(now_s)
+        clock_mhz = self.clock_mhz(now_s)
         if not self.has_work:
-            self.gpu.run(now_s, utilization=0.0)
-            return StepResult(started_s=now_s, duration_s=0.0, clock_mhz=clock_mhz, batch_size=0)
-        prefill_tokens = self._schedule_waiting()
-        batch = list(self._running.values())
-        duration_s = self.timing.iteration_s(
-            [s.context_tokens for s in batch],
-            prefill_tokens,
-            clock_mhz,
-            self.gpu.spec.max_clock_mhz,
+            for gpu in self.gpus:
+                gpu.idle_until(now_s)
+            return StepResult(started_s=now_s, duration_s=0.0, clock_mhz=clock_mhz)
+        for gpu in self.gpus:
+            gpu.idle_until(now_s)
+        iteration = self.iterations
+        decode_sequences = len(self._running)
+        decode_context_tokens = self._context_tokens
+        self.kv_used_blocks += self._block_crossings[iteration % self._tokens_per_block]
+        paused = self._pause_until_cache_fits() if self.policy == "max_utilization" else ()
+        if paused:
+            decode_sequences = len(self._running)
+            decode_context_tokens = self._context_tokens
+        prefill_tokens, prefill_square, scheduled = self._schedule(iteration)
+        cost = self._model.cost(
+            decode_sequences, decode_context_tokens, prefill_tokens, prefill_square, clock_mhz
         )
-        self.gpu.run(now_s, utilization=0.0)
-        self.gpu.run(now_s + duration_s, utilization=1.0)
-        finished = []
-        for sequence in batch:
-            sequence.generated_tokens += 1
-            if sequence.generated_tokens >= sequence.output_tokens:
-                finished.append(sequence.request_id)
-                del self._running[sequence.request_id]
+        duration_s = cost.duration_s * self._noise.next()
+        for gpu in self.gpus:
+            gpu.busy_until(now_s + duration_s, cost.sm_share)
+        emitted = tuple(self._running)
+        self._context_tokens += len(emitted)
         self.iterations += 1
-        return StepResult(
+        finished = self._finish(iteration)
+        result = StepResult(
             started_s=now_s,
             duration_s=duration_s,
             clock_mhz=clock_mhz,
-            batch_size=len(batch),
-            emitted=tuple(s.request_id for s in batch),
-            finished=tuple(finished),
+            batch_size=len(emitted),
+            prefill_requests=scheduled,
+            prefill_tokens=prefill_tokens,
+            emitted=emitted,
+            finished=finished,
+            paused=paused,
         )
+        self.last_step = result
+        return result
 
-    def _schedule_waiting(self) -> int:
-        prefill_tokens = 0
-        while self._waiting and len(self._running) < self.max_batch_size:
-            sequence = self._waiting.popleft()
-            self._running[sequence.request_id] = sequence
-            prefill_tokens += sequence.prompt_tokens
-        return prefill_tokens
+    def _schedule(self, iteration: int) -> tuple[int, int, int]:
+        prefill_tokens = prefill_square = scheduled = 0
+        while self._waiting and len(self._running) < self.profile.max_batch_size:
+            sequence = self._waiting[0]
+            context = sequence.prompt_tokens + sequence.generated_tokens
+            needed_now = self._blocks(context + 1)
+            if self.policy == "guaranteed_no_evict":
+                reserve = self._blocks(sequence.prompt_tokens + sequence.max_tokens)
+                if self._reserved_blocks + reserve > self.kv_capacity_blocks:
+                    break
+            elif self.kv_used_blocks + needed_now > self.kv_capacity_blocks:
+                break
+            self._waiting.popleft()
+            self._start(sequence, iteration, context, needed_now)
+            prefill_tokens += context
+            prefill_square += context * context
+            scheduled += 1
+        return prefill_tokens, prefill_square, scheduled
+
+    def _start(self, sequence: Sequence, iteration: int, context: int, blocks: int) -> None:
+        sequence.start_iteration = iteration
+        sequence.start_context_tokens = context
+        sequence.start_generated_tokens = sequence.generated_tokens
+        self._running[sequence.request_id] = sequence
+        self._context_tokens += context
+        self.kv_used_blocks += blocks
+        self._reserved_blocks += self._reservation(sequence)
+        self._block_crossings[self._crossing_key(sequence)] += 1
+        remaining = sequence.output_tokens - sequence.generated_tokens
+        self._finishing[iteration + remaining - 1].append(sequence.request_id)
+
+    def _finish(self, iteration: int) -> tuple[str, ...]:
+        finished = []
+        for request_id in self._finishing.pop(iteration, ()):
+            sequence = self._running.get(request_id)
+            if (
+                sequence is None
+                or sequence.generated_after(self.iterations) != sequence.output_tokens
+            ):
+                continue  # cancelled, or paused and rescheduled since
+            del self._running[request_id]
+            self._release(sequence)
+            finished.append(request_id)
+        return tuple(finished)
+
+    def _pause_until_cache_fits(self) -> tuple[str, ...]:
+        """max_utilization: evict the newest requests until this iteration's growth fits."""
+        paused: list[str] = []
+        while self.kv_used_blocks > self.kv_capacity_blocks and len(self._running) > 1:
+            request_id = next(reversed(self._running))
+            sequence = self._running.pop(request_id)
+            growing = self._crossing_key(sequence) == self.iterations % self._tokens_per_block
+            self._release(sequence)
+            if growing:
+                self.kv_used_blocks -= 1  # its new block of this iteration was counted above
+            self._waiting.appendleft(sequence)
+            paused.append(request_id)
+        return tuple(paused)
+
+    def _release(self, sequence: Sequence) -> None:
+        """Take a running sequence's tokens and blocks off the books."""
+        sequence.generated_tokens = sequence.generated_after(self.iterations)
+        context = sequence.prompt_tokens + sequence.generated_tokens
+        self._context_tokens -= context
+        self.kv_used_blocks -= self._blocks(context)
+        self._reserved_blocks -= self._reservation(sequence)
+        self._block_crossings[self._crossing_key(sequence)] -= 1
+        sequence.start_iteration = -1
+
+    def _crossing_key(self, sequence: Sequence) -> int:
+        """Iterations i with i % tokens_per_block == key are those in which this sequence's
+        context reaches a block boundary and its next token needs a new block."""
+        return (sequence.start_iteration - sequence.start_context_tokens) % self._tokens_per_block
+
+    def _reservation(self, sequence: Sequence) -> int:
+        if self.policy != "guaranteed_no_evict":
+            return 0
+        return self._blocks(sequence.prompt_tokens + sequence.max_tokens)
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self._tokens_per_block)
+
+
+class _Noise:
+    """Seeded multiplicative log-normal noise, drawn in blocks (one numpy call per 4,096)."""
+
+    def __init__(self, sigma: float, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._sigma = sigma
+        self._values: list[float] = []
+
+    def next(self) -> float:
+        if self._sigma == 0:
+            return 1.0
+        if not self._values:
+            self._values = np.exp(self._rng.normal(0.0, self._sigma, 4096)).tolist()
+        return self._values.pop()

@@ -1,9 +1,10 @@
 """Runs the engine on the wall clock, in a thread of its own.
 
-Iterations are paced against an absolute schedule (each one starts when the previous
-one ended, not when the thread woke up), so sleep jitter does not accumulate as drift.
-Tokens reach each request's asyncio queue, on whichever event loop it was submitted
-from, at the end of the iteration that produced them.
+Iterations are paced against an absolute schedule (each starts when the previous one
+ended, not when the thread woke up), so sleep jitter does not accumulate; how late each
+iteration's tokens actually went out is kept as the pacing drift. Tokens reach each
+request's asyncio queue, on whichever event loop it was submitted from, at the end of
+the iteration that produced them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from simulator.engine import Engine, Sequence, StepResult
-from simulator.gpu import SimulatedGpu
+from simulator.engine import Engine, Sequence
 
 _TOKEN, _END = True, False
+_MAX_CATCH_UP_S = 0.05  # behind by more than this (an overloaded host): start afresh
 T = TypeVar("T")
 
 
@@ -28,16 +29,27 @@ class _Subscriber:
     queue: asyncio.Queue[bool]
 
 
+@dataclass
+class PacingStats:
+    iterations: int = 0
+    total_drift_s: float = 0.0
+    max_drift_s: float = 0.0
+
+    @property
+    def mean_drift_s(self) -> float:
+        return self.total_drift_s / self.iterations if self.iterations else 0.0
+
+
 class RealtimeEngine:
     def __init__(self, engine: Engine, clock_s: Callable[[], float] = time.monotonic) -> None:
-        self._engine = engine
+        self.engine = engine
         self._clock_s = clock_s
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._subscribers: dict[str, _Subscriber] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="twin-engine", daemon=True)
-        self.last_step: StepResult | None = None
+        self.pacing = PacingStats()
 
     def start(self) -> None:
         self._thread.start()
@@ -48,28 +60,20 @@ class RealtimeEngine:
             self._work.notify_all()
         self._thread.join(timeout=5)
 
-    def now_s(self) -> float:
-        return self._clock_s()
-
-    def with_gpu(self, action: Callable[[SimulatedGpu, float], T]) -> T:
-        """Run `action(gpu, now_s)` under the engine lock (control API calls)."""
+    def locked(self, action: Callable[[Engine, float], T]) -> T:
+        """Run `action(engine, now_s)` under the engine lock (control API, metrics)."""
         with self._lock:
-            return action(self._engine.gpu, self._clock_s())
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {
-                "running": self._engine.running,
-                "waiting": self._engine.waiting,
-                "iterations": self._engine.iterations,
-            }
+            return action(self.engine, self._clock_s())
 
     async def generate(self, sequence: Sequence) -> AsyncIterator[int]:
-        """Yield the index of each token of `sequence` as the engine emits it."""
+        """Yield the index of each token of `sequence` as the engine emits it.
+
+        Raises RequestRejectedError at once if the engine can never serve it.
+        """
         queue: asyncio.Queue[bool] = asyncio.Queue()
         with self._work:
+            self.engine.submit(sequence)
             self._subscribers[sequence.request_id] = _Subscriber(asyncio.get_running_loop(), queue)
-            self._engine.submit(sequence)
             self._work.notify_all()
         try:
             index = 0
@@ -79,28 +83,34 @@ class RealtimeEngine:
         finally:
             with self._lock:
                 self._subscribers.pop(sequence.request_id, None)
-                self._engine.cancel(sequence.request_id)
+                self.engine.cancel(sequence.request_id)
 
     def _run(self) -> None:
         next_start_s = self._clock_s()
         while True:
             with self._work:
-                while not self._engine.has_work and not self._stopping:
-                    self._engine.step(self._clock_s())  # account idle energy
+                while not self.engine.has_work and not self._stopping:
+                    self.engine.step(self._clock_s())  # accounts the idle energy
                     self._work.wait(timeout=0.1)
                     next_start_s = self._clock_s()
                 if self._stopping:
                     return
-                next_start_s = max(next_start_s, self._clock_s() - 0.05)
-                result = self._engine.step(next_start_s)
+                next_start_s = max(next_start_s, self._clock_s() - _MAX_CATCH_UP_S)
+                result = self.engine.step(next_start_s)
             self._sleep_until(result.ended_s)
+            drift_s = self._clock_s() - result.ended_s
             next_start_s = result.ended_s
             with self._lock:
-                self.last_step = result
+                self._record_drift(drift_s)
                 for request_id in result.emitted:
                     self._deliver(request_id, _TOKEN)
                 for request_id in result.finished:
                     self._deliver(request_id, _END)
+
+    def _record_drift(self, drift_s: float) -> None:
+        self.pacing.iterations += 1
+        self.pacing.total_drift_s += drift_s
+        self.pacing.max_drift_s = max(self.pacing.max_drift_s, drift_s)
 
     def _deliver(self, request_id: str, event: bool) -> None:
         subscriber = self._subscribers.get(request_id)

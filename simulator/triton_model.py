@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.engine import Sequence
+from simulator.engine import RequestRejectedError, Sequence
 from simulator.realtime import RealtimeEngine
-from simulator.responses import FillerResponses
+from simulator.responses import Responses
 
 MODEL_NAME = "ensemble"
 
@@ -49,7 +49,8 @@ OUTPUTS = (
 
 
 class BadRequestError(ValueError):
-    """The request cannot be served; Triton reports the message to the client."""
+    """The request cannot be served; Triton reports the message to the client and the
+    engine goes on serving everyone else."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,12 @@ class GenerateRequest:
     @classmethod
     def from_inputs(cls, data: Mapping[str, np.ndarray]) -> GenerateRequest:
         raw_prompt = _scalar(data, "text_input", b"")
-        prompt = raw_prompt.decode("utf-8") if isinstance(raw_prompt, bytes) else str(raw_prompt)
+        try:
+            prompt = (
+                raw_prompt.decode("utf-8") if isinstance(raw_prompt, bytes) else str(raw_prompt)
+            )
+        except UnicodeDecodeError as error:
+            raise BadRequestError(f"text_input is not valid UTF-8: {error}") from error
         max_tokens = int(_scalar(data, "max_tokens", 0))
         if max_tokens <= 0:
             raise BadRequestError(f"max_tokens must be positive, got {max_tokens}")
@@ -88,7 +94,7 @@ def _scalar(data: Mapping[str, np.ndarray], name: str, default: object) -> objec
 class TwinModel:
     """PyTriton inference callable: one async generator per request."""
 
-    def __init__(self, engine: RealtimeEngine, responses: FillerResponses) -> None:
+    def __init__(self, engine: RealtimeEngine, responses: Responses) -> None:
         self._engine = engine
         self._responses = responses
 
@@ -104,8 +110,15 @@ class TwinModel:
         sequence = Sequence(
             request_id=uuid.uuid4().hex,
             prompt_tokens=prompt_tokens,
+            max_tokens=request.max_tokens,
             output_tokens=plan.output_tokens,
         )
+        try:
+            self._engine.locked(
+                lambda engine, now_s: engine.check(prompt_tokens, request.max_tokens)
+            )
+        except RequestRejectedError as error:
+            raise BadRequestError(str(error)) from None
         collected: list[str] = []
         async for index in self._engine.generate(sequence):
             piece = plan.pieces[index]

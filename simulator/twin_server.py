@@ -22,9 +22,9 @@ import uvicorn
 from predictor.tokenizer import PromptTokenizer
 from simulator.control_api import create_control_app
 from simulator.engine import Engine
-from simulator.gpu import A100_SXM4_40GB, SimulatedGpu
+from simulator.profile import DEFAULT_PROFILE, load_profile
 from simulator.realtime import RealtimeEngine
-from simulator.responses import FillerResponses
+from simulator.responses import LengthDistribution, Responses
 from simulator.triton_model import INPUTS, MODEL_NAME, OUTPUTS, TwinModel
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ class TwinOptions:
     grpc_port: int = 8011
     metrics_port: int = 8012
     control_port: int = 8013
-    max_batch_size: int = 64
+    profile: str = DEFAULT_PROFILE
+    scheduler_policy: str | None = None
+    responses_file: Path | None = None
+    seed: int = 0
     triton_log_file: Path | None = None
     parent_pid: int | None = None
 
@@ -64,10 +67,8 @@ def serve_twin(options: TwinOptions) -> None:
     from pytriton.model_config import ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    engine = RealtimeEngine(
-        Engine(gpu=SimulatedGpu(A100_SXM4_40GB), max_batch_size=options.max_batch_size)
-    )
-    model = TwinModel(engine, FillerResponses(PromptTokenizer.from_file()))
+    engine, responses = build_twin(options)  # before Triton starts: bad options fail fast
+    model = TwinModel(engine, responses)
     control = _start_control_api(engine, options)
     engine.start()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -107,6 +108,30 @@ def serve_twin(options: TwinOptions) -> None:
     finally:
         engine.stop()
         control.should_exit = True
+
+
+class TwinOptionsError(ValueError):
+    """The twin cannot start with these options; the message says what to change."""
+
+
+def build_twin(options: TwinOptions) -> tuple[RealtimeEngine, Responses]:
+    """The engine and its answers, before anything is served (bad options fail here)."""
+    try:
+        profile = load_profile(options.profile)
+        engine = Engine(profile, seed=options.seed, policy=options.scheduler_policy or "")
+        recorded = (
+            Responses.load_recorded(options.responses_file) if options.responses_file else None
+        )
+    except ValueError as error:
+        raise TwinOptionsError(str(error)) from error
+    lengths = LengthDistribution(profile.model.output_length_quantiles)
+    responses = Responses(PromptTokenizer.from_file(), lengths, recorded)
+    log.info(
+        "twin %s: %d KV blocks, batch up to %d, %s; %d recorded responses",
+        profile.name, engine.kv_capacity_blocks, profile.max_batch_size, engine.policy,
+        responses.recorded_count,
+    )  # fmt: skip
+    return RealtimeEngine(engine), responses
 
 
 def _start_control_api(engine: RealtimeEngine, options: TwinOptions) -> uvicorn.Server:

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_gateway_address(run)
     _add_twin_ports(run, flag_prefix="twin-", first_port=8010)
+    _add_twin_engine_options(run, flag_prefix="twin-")
     run.set_defaults(handler=_run)
 
     serve = commands.add_parser(
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     twin.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     _add_twin_ports(twin, flag_prefix="", first_port=8000)
-    twin.add_argument("--max-batch-size", type=int, default=64, help="engine batch slots")
+    _add_twin_engine_options(twin, flag_prefix="")
+    twin.add_argument("--seed", type=int, default=0, help="seed of the iteration-time noise")
     twin.add_argument(
         "--triton-log-file", type=Path, default=None, help="Triton's log (default: stdout)"
     )
@@ -101,6 +103,31 @@ def _add_gateway_address(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_twin_engine_options(parser: argparse.ArgumentParser, flag_prefix: str) -> None:
+    from simulator.profile import DEFAULT_PROFILE, available_profiles
+
+    parser.add_argument(
+        f"--{flag_prefix}profile",
+        dest="twin_profile",
+        default=DEFAULT_PROFILE,
+        help=f"engine profile (default: {DEFAULT_PROFILE}); one of: {', '.join(available_profiles())}",
+    )
+    parser.add_argument(
+        f"--{flag_prefix}policy",
+        dest="twin_policy",
+        choices=["guaranteed_no_evict", "max_utilization"],
+        default=None,
+        help="scheduler policy (default: the profile's, guaranteed_no_evict)",
+    )
+    parser.add_argument(
+        f"--{flag_prefix}responses",
+        dest="twin_responses",
+        type=Path,
+        default=None,
+        help="recorded answers to stream for known prompts: an AlpacaEval <model>.json",
+    )
+
+
 def _add_twin_ports(parser: argparse.ArgumentParser, flag_prefix: str, first_port: int) -> None:
     """The twin's four ports, consecutive from `first_port` unless given."""
     for offset, (name, what) in enumerate(
@@ -121,20 +148,26 @@ def _add_twin_ports(parser: argparse.ArgumentParser, flag_prefix: str, first_por
 
 
 def _twin(args: argparse.Namespace) -> int:
-    from simulator.twin_server import TwinOptions, serve_twin
+    from simulator.twin_server import TwinOptions, TwinOptionsError, serve_twin
 
-    serve_twin(
-        TwinOptions(
-            host=args.host,
-            http_port=args.twin_http_port,
-            grpc_port=args.twin_grpc_port,
-            metrics_port=args.twin_metrics_port,
-            control_port=args.twin_control_port,
-            max_batch_size=args.max_batch_size,
-            triton_log_file=args.triton_log_file,
-            parent_pid=args.parent_pid,
-        )
+    options = TwinOptions(
+        host=args.host,
+        http_port=args.twin_http_port,
+        grpc_port=args.twin_grpc_port,
+        metrics_port=args.twin_metrics_port,
+        control_port=args.twin_control_port,
+        profile=args.twin_profile,
+        scheduler_policy=args.twin_policy,
+        responses_file=args.twin_responses,
+        seed=args.seed,
+        triton_log_file=args.triton_log_file,
+        parent_pid=args.parent_pid,
     )
+    try:
+        serve_twin(options)
+    except TwinOptionsError as error:
+        print(f"throttllem twin: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -145,7 +178,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from simulator.profile import UnknownProfileError, load_profile
     from throttllem.stack import TwinPorts, run_stack
+
+    try:
+        load_profile(args.twin_profile)
+    except UnknownProfileError as error:
+        print(f"throttllem run: {error}", file=sys.stderr)
+        return 2
 
     ports = TwinPorts(
         http=args.twin_http_port,
@@ -153,7 +193,12 @@ def _run(args: argparse.Namespace) -> int:
         metrics=args.twin_metrics_port,
         control=args.twin_control_port,
     )
-    return run_stack(host=args.host, port=args.port, twin_ports=ports)
+    twin_args = ["--profile", args.twin_profile]
+    if args.twin_policy:
+        twin_args += ["--policy", args.twin_policy]
+    if args.twin_responses:
+        twin_args += ["--responses", str(args.twin_responses.resolve())]
+    return run_stack(host=args.host, port=args.port, twin_ports=ports, twin_args=twin_args)
 
 
 def _not_implemented(name: str, issue: str) -> Callable[[argparse.Namespace], int]:

@@ -49,7 +49,9 @@ def serve_gateway(host: str | None, port: int | None) -> int:
     return 0
 
 
-def run_stack(host: str | None, port: int | None, twin_ports: TwinPorts) -> int:
+def run_stack(
+    host: str | None, port: int | None, twin_ports: TwinPorts, twin_args: list[str]
+) -> int:
     settings = _with_address(Settings(), host, port).model_copy(
         update={
             "backend_url": f"http://127.0.0.1:{twin_ports.http}",
@@ -57,7 +59,7 @@ def run_stack(host: str | None, port: int | None, twin_ports: TwinPorts) -> int:
             "gpu_control_url": f"http://127.0.0.1:{twin_ports.control}",
         }
     )
-    with _twin_process(twin_ports) as twin:
+    with _twin_process(twin_ports, twin_args) as twin:
         if not _wait_until_ready(twin, settings.backend_url, settings.triton_model):
             return 1
         _print_banner(settings, twin_ports)
@@ -81,20 +83,13 @@ def _serve(settings: Settings) -> None:
 
 
 @contextmanager
-def _twin_process(ports: TwinPorts) -> Iterator[subprocess.Popen[bytes]]:
+def _twin_process(ports: TwinPorts, twin_args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     command = [
-        sys.executable,
-        "-m",
-        "throttllem",
-        "twin",
-        "--http-port",
-        str(ports.http),
-        "--grpc-port",
-        str(ports.grpc),
-        "--metrics-port",
-        str(ports.metrics),
-        "--control-port",
-        str(ports.control),
+        *(sys.executable, "-m", "throttllem", "twin"),
+        *("--http-port", str(ports.http), "--grpc-port", str(ports.grpc)),
+        *("--metrics-port", str(ports.metrics), "--control-port", str(ports.control)),
+        *("--triton-log-file", str(triton_log_file(ports)), "--parent-pid", str(os.getpid())),
+        *twin_args,
     ]
     log.info("starting the twin: %s", " ".join(command))
     process = subprocess.Popen(command, start_new_session=True)

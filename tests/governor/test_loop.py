@@ -10,7 +10,7 @@ from governor.gpu.simulated import SimulatedGpu as SimulatedGpuClient
 from governor.loop import ClockGovernor, HighestClock
 from simulator.control_api import create_control_app
 from simulator.engine import Engine
-from simulator.gpu import A100_SXM4_40GB, SimulatedGpu
+from simulator.profile import load_profile
 from simulator.realtime import RealtimeEngine
 
 
@@ -24,7 +24,7 @@ class FixedClock:
 
 @pytest.fixture
 def twin() -> RealtimeEngine:
-    return RealtimeEngine(Engine(gpu=SimulatedGpu(A100_SXM4_40GB)))
+    return RealtimeEngine(Engine(load_profile("a100-40gb/llama-2-13b/tp1")))
 
 
 def client_for(twin: RealtimeEngine) -> SimulatedGpuClient:
@@ -48,12 +48,12 @@ async def test_the_governor_applies_the_policy_clock_and_resets_it_when_stopped(
     governor = ClockGovernor([client_for(twin)], FixedClock(1050), window_s=0.01)
     task = asyncio.create_task(governor.run())
     await wait_for_decisions(governor, 2)
-    assert twin.with_gpu(lambda gpu, now_s: gpu.locked_clock_mhz) == 1050
+    assert twin.locked(lambda engine, now_s: engine.gpus[0].locked_clock_mhz) == 1050
     assert governor.status.target_clock_mhz == 1050
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert twin.with_gpu(lambda gpu, now_s: gpu.locked_clock_mhz) is None
+    assert twin.locked(lambda engine, now_s: engine.gpus[0].locked_clock_mhz) is None
     await governor.aclose()
 
 

@@ -70,8 +70,8 @@ def test_a_completion_comes_back_through_triton(client: openai.OpenAI):
     assert choice.text.strip()
     assert choice.finish_reason == "length"
     assert result.usage.completion_tokens == 12
-    assert result.usage.prompt_tokens == 2  # "Say hello" is two Llama 3 tokens
-    assert result.usage.total_tokens == 14
+    assert result.usage.prompt_tokens == 3  # BOS and "Say hello", two Llama 3 tokens
+    assert result.usage.total_tokens == 15
 
 
 def test_a_streamed_completion_arrives_token_by_token_and_ends(client: openai.OpenAI):
