@@ -49,8 +49,23 @@ OUTPUTS = (
 
 
 class BadRequestError(ValueError):
-    """The request cannot be served; Triton reports the message to the client and the
-    engine goes on serving everyone else."""
+    """The request cannot be served; Triton answers 400 with the message, and the engine
+    goes on serving everyone else.
+
+    PyTriton formats a model's exception with `traceback.format_exception`, which would
+    send the client our whole stack. Hiding the traceback (and the module) from it leaves
+    the one line a client needs: "BadRequestError: <message>".
+    """
+
+    __module__ = "builtins"
+
+    @property  # type: ignore[override]
+    def __traceback__(self) -> None:
+        return None
+
+    @__traceback__.setter
+    def __traceback__(self, value: object) -> None:
+        pass
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ import pytest
 from throttllem.cli import NOT_IMPLEMENTED_EXIT_CODE, build_parser, main
 
 SUBCOMMANDS = ["run", "serve", "govern", "twin", "replay", "profile", "train", "bench"]
-PLANNED = ["govern", "replay", "profile", "train", "bench"]
+PLANNED = ["govern", "replay", "profile", "train"]
 
 
 def test_every_subcommand_is_listed_in_the_top_level_help(capsys: pytest.CaptureFixture[str]):
@@ -44,3 +44,8 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exit_info:
         main([])
     assert exit_info.value.code == 2
+
+
+def test_bench_twin_with_a_missing_trace_says_so(tmp_path, capsys: pytest.CaptureFixture[str]):
+    assert main(["bench", "twin", "--trace", str(tmp_path / "missing.csv")]) == 2
+    assert "no trace at" in capsys.readouterr().err

@@ -28,7 +28,6 @@ _PLANNED = {
         "train the performance or output-length model and export it to ONNX",
         "issue 4 (predictors)",
     ),
-    "bench": ("run a benchmark and write its JSON", "issue 3 (digital twin)"),
 }
 
 
@@ -75,6 +74,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     twin.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone")
     twin.set_defaults(handler=_twin)
+
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark: print a table and write its JSON",
+        description="Benchmarks print a table and write JSON; tests never assert timings.",
+    )
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    twin_bench = benches.add_parser(
+        "twin",
+        help="replay the Azure conversation trace in virtual time; pacing; calibration anchors",
+        description="Replay a whole Azure trace in virtual time at the highest clock and report "
+        "iterations simulated per second; measure wall-clock pacing drift; measure the paper's "
+        "calibration anchors.",
+    )
+    twin_bench.add_argument("--json", type=Path, default=None, help="write the report here")
+    twin_bench.add_argument(
+        "--trace",
+        type=Path,
+        default=Path("../shared/data/traces/AzureLLMInferenceTrace_conv.csv"),
+        help="Azure trace CSV (default: ../shared/data/traces/AzureLLMInferenceTrace_conv.csv)",
+    )
+    twin_bench.add_argument("--profile", default=None, help="twin profile of the replay")
+    twin_bench.set_defaults(handler=_bench_twin)
+    predictor_bench = benches.add_parser(
+        "predictor",
+        help="length and performance prediction latency",
+        description="Not implemented yet: issue 4 (predictors).",
+    )
+    predictor_bench.set_defaults(
+        handler=_not_implemented("bench predictor", "issue 4 (predictors)")
+    )
 
     for name, (summary, issue) in _PLANNED.items():
         planned = commands.add_parser(
@@ -167,6 +197,19 @@ def _twin(args: argparse.Namespace) -> int:
         serve_twin(options)
     except TwinOptionsError as error:
         print(f"throttllem twin: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _bench_twin(args: argparse.Namespace) -> int:
+    from simulator.bench import bench_twin
+    from simulator.profile import DEFAULT_PROFILE, UnknownProfileError
+    from simulator.traces import TraceError
+
+    try:
+        bench_twin(args.trace, args.profile or DEFAULT_PROFILE, args.json)
+    except (TraceError, UnknownProfileError) as error:
+        print(f"throttllem bench twin: {error}", file=sys.stderr)
         return 2
     return 0
 
