@@ -49,3 +49,10 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]):
 def test_bench_twin_with_a_missing_trace_says_so(tmp_path, capsys: pytest.CaptureFixture[str]):
     assert main(["bench", "twin", "--trace", str(tmp_path / "missing.csv")]) == 2
     assert "no trace at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["twin"], ["run"]])
+def test_an_unknown_twin_profile_is_refused_before_anything_starts(command, capsys):
+    flag = "--profile" if command == ["twin"] else "--twin-profile"
+    assert main([*command, flag, "a100-40gb/llama-2-13b/tp3"]) == 2
+    assert "known profiles: a100-40gb/llama-2-13b/tp1" in capsys.readouterr().err
