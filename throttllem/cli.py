@@ -225,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     from throttllem.stack import TwinPorts, run_stack
 
     try:
-        load_profile(args.twin_profile)
+        profile = load_profile(args.twin_profile)
     except UnknownProfileError as error:
         print(f"throttllem run: {error}", file=sys.stderr)
         return 2
@@ -241,7 +241,8 @@ def _run(args: argparse.Namespace) -> int:
         twin_args += ["--policy", args.twin_policy]
     if args.twin_responses:
         twin_args += ["--responses", str(args.twin_responses.resolve())]
-    return run_stack(host=args.host, port=args.port, twin_ports=ports, twin_args=twin_args)
+    model = profile.name.split("/")[1]
+    return run_stack(args.host, args.port, ports, twin_args, twin_model=model)
 
 
 def _not_implemented(name: str, issue: str) -> Callable[[argparse.Namespace], int]:

@@ -50,15 +50,22 @@ def serve_gateway(host: str | None, port: int | None) -> int:
 
 
 def run_stack(
-    host: str | None, port: int | None, twin_ports: TwinPorts, twin_args: list[str]
+    host: str | None,
+    port: int | None,
+    twin_ports: TwinPorts,
+    twin_args: list[str],
+    twin_model: str,
 ) -> int:
-    settings = _with_address(Settings(), host, port).model_copy(
-        update={
-            "backend_url": f"http://127.0.0.1:{twin_ports.http}",
-            "gpu_backend": GpuBackendKind.simulated,
-            "gpu_control_url": f"http://127.0.0.1:{twin_ports.control}",
-        }
-    )
+    """`twin_model` names the served model unless THROTTLLEM_SERVED_MODEL_NAME does."""
+    settings = Settings()
+    update: dict[str, object] = {
+        "backend_url": f"http://127.0.0.1:{twin_ports.http}",
+        "gpu_backend": GpuBackendKind.simulated,
+        "gpu_control_url": f"http://127.0.0.1:{twin_ports.control}",
+    }
+    if "served_model_name" not in settings.model_fields_set:
+        update["served_model_name"] = twin_model
+    settings = _with_address(settings, host, port).model_copy(update=update)
     with _twin_process(twin_ports, twin_args) as twin:
         if not _wait_until_ready(twin, settings.backend_url, settings.triton_model):
             return 1
