@@ -1,0 +1,168 @@
+"""The output-length predictor: a distribution over length buckets, from the prompt.
+
+Features are the prompt's tokens (hashed counts of tokens, of token pairs and of the first
+three tokens in place, L2-normalised) and its length; an ONNX classifier gives the
+probability of each bucket of output length (powers of two).
+Within a bucket, lengths follow the training data's own spread (quantiles kept in the
+model's metadata), so the distribution is continuous and a bound at quantile q covers
+about q of the answers. `max_tokens` caps the distribution: the engine stops there, so
+the mass beyond it collapses onto it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.errors import ModelFileError
+
+LENGTH_METADATA_KEY = "throttllem.length_model"
+
+
+_PAIR_MULTIPLIER = 1_000_003
+_LEADING_TOKENS = 3
+_LEADING_WEIGHT = 2.0  # "Write…", "List…", "What is…": how a prompt opens says a lot
+
+
+def prompt_features(token_ids: list[int] | np.ndarray, hash_buckets: int) -> np.ndarray:
+    """One row: hashed counts of tokens, token pairs and leading tokens (L2-normalised),
+    then the log of the prompt's length."""
+    ids = np.asarray(token_ids, dtype=np.int64)
+    counts = np.bincount(ids % hash_buckets, minlength=hash_buckets).astype(np.float32)
+    if len(ids) > 1:
+        pairs = (ids[:-1] * _PAIR_MULTIPLIER + ids[1:]) % hash_buckets
+        counts += np.bincount(pairs, minlength=hash_buckets).astype(np.float32)
+    for position, token in enumerate(ids[:_LEADING_TOKENS].tolist()):
+        counts[(token * 7919 + position * 104_729 + 17) % hash_buckets] += _LEADING_WEIGHT
+    norm = float(np.linalg.norm(counts))
+    if norm > 0:
+        counts /= norm
+    return np.concatenate([counts, np.array([np.log1p(len(ids))], dtype=np.float32)])
+
+
+@dataclass(frozen=True)
+class LengthSpec:
+    """What the classifier's buckets mean; travels in the ONNX metadata."""
+
+    edges: tuple[int, ...]  # bucket i holds lengths in [edges[i], edges[i + 1])
+    within: tuple[tuple[float, ...], ...]  # per bucket: lengths at quantiles 0, 0.05, ..., 1
+    hash_buckets: int
+    # Asked quantile -> quantile of the model's distribution that covers it, measured by
+    # cross-validation on the training prompts (small data makes a classifier overconfident).
+    calibration: tuple[tuple[float, float], ...] = ()
+
+    def calibrated(self, q: float) -> float:
+        if not self.calibration:
+            return q
+        asked, used = zip(*self.calibration, strict=True)
+        return float(np.interp(q, asked, used))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "edges": list(self.edges),
+            "within": [list(w) for w in self.within],
+            "hash_buckets": self.hash_buckets,
+            "calibration": [list(pair) for pair in self.calibration],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LengthSpec:
+        return cls(
+            tuple(data["edges"]),
+            tuple(tuple(w) for w in data["within"]),
+            int(data["hash_buckets"]),
+            tuple((float(a), float(b)) for a, b in data.get("calibration", ())),
+        )
+
+
+@dataclass(frozen=True)
+class LengthPrediction:
+    """The predicted distribution of one answer's length, in tokens."""
+
+    probabilities: np.ndarray  # per bucket
+    spec: LengthSpec
+    max_tokens: int | None = None
+
+    def quantile(self, q: float, generated_so_far: int = 0) -> int:
+        """The length not exceeded with probability q, given `generated_so_far` already."""
+        grid, cdf = self._cdf()
+        floor = np.interp(generated_so_far, grid, cdf, left=0.0, right=1.0)
+        if generated_so_far > 0 and floor >= 1.0 - 1e-9:
+            tokens = generated_so_far + 1  # past everything seen in training: one more at least
+        else:
+            target = floor + self.spec.calibrated(q) * (1.0 - floor)
+            tokens = int(np.ceil(np.interp(target, cdf, grid)))
+        tokens = max(tokens, generated_so_far + 1, 1)
+        return min(tokens, self.max_tokens) if self.max_tokens else tokens
+
+    def point(self) -> int:
+        """The median: the estimate with the smallest expected absolute error."""
+        return self.quantile(0.5)
+
+    def bound(self, q: float = 0.9) -> int:
+        return self.quantile(q)
+
+    def remaining(self, generated_so_far: int, q: float = 0.5) -> int:
+        """Tokens still to come for a request that has generated `generated_so_far`: the
+        conditional estimate P(L | L > generated), not a jump to max_tokens."""
+        return self.quantile(q, generated_so_far) - generated_so_far
+
+    def _cdf(self) -> tuple[np.ndarray, np.ndarray]:
+        """Piecewise-linear CDF through every bucket's within-bucket quantiles."""
+        grid, cdf, mass = [0.0], [0.0], 0.0
+        for probability, within in zip(self.probabilities, self.spec.within, strict=True):
+            steps = np.linspace(0, 1, len(within))
+            for step, tokens in zip(steps[1:], within[1:], strict=True):
+                grid.append(max(float(tokens), grid[-1]))
+                cdf.append(mass + probability * step)
+            mass += probability
+        return np.array(grid), np.array(cdf) / max(mass, 1e-12)
+
+
+class LengthPredictor:
+    def __init__(self, path: Path) -> None:
+        import onnxruntime
+
+        if not path.is_file():
+            raise ModelFileError(path, "not found")
+        try:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = 1
+            self._session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+            metadata = self._session.get_modelmeta().custom_metadata_map
+            self.spec = LengthSpec.from_json(json.loads(metadata[LENGTH_METADATA_KEY]))
+        except (KeyError, ValueError, TypeError) as error:
+            raise ModelFileError(
+                path, f"no valid {LENGTH_METADATA_KEY} metadata ({error})"
+            ) from error
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ModelFileError(path, f"not a loadable ONNX model ({error})") from error
+        self._input = self._session.get_inputs()[0].name
+        self._probabilities = _probability_output(self._session)
+        self.path = path
+
+    def predict(
+        self, token_ids: list[int] | np.ndarray, max_tokens: int | None = None
+    ) -> LengthPrediction:
+        features = prompt_features(token_ids, self.spec.hash_buckets)[None, :]
+        return LengthPrediction(self.predict_proba(features)[0], self.spec, max_tokens)
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        outputs = self._session.run(
+            [self._probabilities], {self._input: features.astype(np.float32)}
+        )
+        return np.asarray(outputs[0], dtype=np.float64)
+
+
+def _probability_output(session: Any) -> str:
+    names = [output.name for output in session.get_outputs()]
+    for name in names:
+        if "prob" in name:
+            return name
+    return names[-1]

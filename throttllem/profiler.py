@@ -1,0 +1,283 @@
+"""`throttllem profile`: measure iterations per second over batch size, KV use and clock.
+
+For every batch size from 1 to the engine's maximum, one step: the clock is locked at a
+value drawn at random from the supported ones (through the governor's GPU backend), that
+many requests that ignore EOS run together, and while they do, the iteration counter and
+the KV blocks in use are read from the server's metrics every window. Each window is one
+row: `tp, batch, kv_blocks, freq_mhz, ips`. The requests' prompts have random lengths, and
+their contexts grow as they generate, so each batch size is seen at many KV levels.
+
+`--passes N` repeats the sweep with fresh clocks, so each batch size is seen at N clocks.
+`--virtual PROFILE` runs the same sweep on the twin's engine in virtual time: the same
+rows in seconds instead of an hour, which is how the shipped models were profiled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from governor.gpu.base import GpuClock
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("tp", "batch", "kv_blocks", "freq_mhz", "ips")
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    tp: int
+    batch: int
+    kv_blocks: int
+    freq_mhz: int
+    ips: float
+
+    def as_csv(self) -> list[str]:
+        return [
+            str(self.tp),
+            str(self.batch),
+            str(self.kv_blocks),
+            str(self.freq_mhz),
+            f"{self.ips:.4f}",
+        ]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Batch sizes, and per step the prompt range and tokens each request generates."""
+
+    max_batch: int
+    kv_capacity_blocks: int
+    tokens_per_block: int
+    context_window_tokens: int
+    output_tokens: int = 256
+    batch_step: int = 1
+    seed: int = 0
+
+    def batch_sizes(self) -> list[int]:
+        sizes = list(range(1, self.max_batch + 1, self.batch_step))
+        return sizes if sizes[-1] == self.max_batch else [*sizes, self.max_batch]
+
+    def prompt_tokens(self, rng: random.Random, batch: int) -> list[int]:
+        """Random prompts such that the whole batch, at full length, fits in the cache."""
+        per_request = self.kv_capacity_blocks * self.tokens_per_block // batch
+        longest = min(per_request, self.context_window_tokens) - self.output_tokens - 1
+        if longest < 1:
+            raise ValueError(
+                f"{batch} requests of {self.output_tokens} tokens do not fit the KV cache"
+            )
+        return [rng.randint(1, longest) for _ in range(batch)]
+
+
+def write_rows(path: Path, rows: Sequence[ProfileRow]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(row.as_csv() for row in rows)
+
+
+def read_rows(path: Path) -> list[ProfileRow]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
+            raise ValueError(f"{path}: expected the columns {', '.join(COLUMNS)}")
+        return [
+            ProfileRow(
+                int(r["tp"]),
+                int(r["batch"]),
+                int(r["kv_blocks"]),
+                int(r["freq_mhz"]),
+                float(r["ips"]),
+            )
+            for r in reader
+        ]
+
+
+# -- against the twin's engine, in virtual time -------------------------------------------
+
+
+def profile_virtual(profile_name: str, output_tokens: int = 256, window_iterations: int = 8, seed: int = 0,
+                    batch_step: int = 1, passes: int = 1) -> list[ProfileRow]:  # fmt: skip
+    from simulator.engine import Engine
+    from simulator.engine import Sequence as EngineSequence
+    from simulator.profile import load_profile
+
+    profile = load_profile(profile_name)
+    plan = SweepPlan(
+        max_batch=profile.max_batch_size,
+        kv_capacity_blocks=profile.kv_capacity_blocks,
+        tokens_per_block=profile.tokens_per_block,
+        context_window_tokens=profile.model.context_window_tokens,
+        output_tokens=output_tokens,
+        batch_step=batch_step,
+        seed=seed,
+    )
+    rng = random.Random(seed)
+    clocks = profile.gpu.supported_clocks_mhz()
+    engine = Engine(profile, seed=seed)
+    rows: list[ProfileRow] = []
+    now_s = 0.0
+    for batch in plan.batch_sizes() * passes:
+        clock_mhz = rng.choice(clocks)
+        for gpu in engine.gpus:
+            gpu.lock_clock(clock_mhz, now_s)
+        now_s += profile.gpu.clock_switch_latency_s
+        for index, prompt in enumerate(plan.prompt_tokens(rng, batch)):
+            engine.submit(EngineSequence(f"{batch}-{index}", prompt, output_tokens, output_tokens))
+        now_s = engine.step(now_s).ended_s  # the prefill iteration is not a decode sample
+        while engine.running == batch:
+            kv_blocks, started_s, done = engine.kv_used_blocks, now_s, 0
+            while done < window_iterations and engine.running == batch:
+                now_s = engine.step(now_s).ended_s
+                done += 1
+            if done == window_iterations:
+                rows.append(
+                    ProfileRow(
+                        profile.tensor_parallel,
+                        batch,
+                        kv_blocks,
+                        clock_mhz,
+                        done / (now_s - started_s),
+                    )
+                )
+        while engine.has_work:
+            now_s = engine.step(now_s).ended_s
+    return rows
+
+
+# -- against a live Triton server, on the wall clock --------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    iterations: int
+    kv_used_blocks: int
+    kv_max_blocks: int
+    tokens_per_block: int
+    scheduled: int
+    max_batch: int
+
+
+def parse_trt_llm_metrics(text: str) -> EngineMetrics:
+    """The TensorRT-LLM gauges from a Triton `/metrics` page (summed over models)."""
+    wanted = {
+        ("nv_trt_llm_general_metrics", "iteration_counter"): 0.0,
+        ("nv_trt_llm_kv_cache_block_metrics", "used"): 0.0,
+        ("nv_trt_llm_kv_cache_block_metrics", "max"): 0.0,
+        ("nv_trt_llm_kv_cache_block_metrics", "tokens_per"): 0.0,
+        ("nv_trt_llm_request_metrics", "scheduled"): 0.0,
+        ("nv_trt_llm_request_metrics", "max"): 0.0,
+    }
+    found = set()
+    for line in text.splitlines():
+        if line.startswith("#") or "{" not in line:
+            continue
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ")
+        for metric, label_value in wanted:
+            if name == metric and f'="{label_value}"' in labels:
+                wanted[(metric, label_value)] += float(value)
+                found.add((metric, label_value))
+    missing = set(wanted) - found
+    if missing:
+        raise ValueError(
+            f"the metrics page lacks {sorted(missing)}: is this a TensorRT-LLM server?"
+        )
+    return EngineMetrics(
+        iterations=int(wanted[("nv_trt_llm_general_metrics", "iteration_counter")]),
+        kv_used_blocks=int(wanted[("nv_trt_llm_kv_cache_block_metrics", "used")]),
+        kv_max_blocks=int(wanted[("nv_trt_llm_kv_cache_block_metrics", "max")]),
+        tokens_per_block=int(wanted[("nv_trt_llm_kv_cache_block_metrics", "tokens_per")]),
+        scheduled=int(wanted[("nv_trt_llm_request_metrics", "scheduled")]),
+        max_batch=int(wanted[("nv_trt_llm_request_metrics", "max")]),
+    )
+
+
+@dataclass(frozen=True)
+class LiveTarget:
+    triton_url: str
+    metrics_url: str
+    model: str
+    tp: int
+    context_window_tokens: int
+
+
+async def profile_live(
+    target: LiveTarget,
+    gpus: Sequence[GpuClock],
+    output_tokens: int = 256,
+    window_s: float = 0.5,
+    max_batch: int | None = None,
+    batch_step: int = 1,
+    seed: int = 0,
+    switch_wait_s: float = 0.3,
+    passes: int = 1,
+) -> list[ProfileRow]:
+    rng = random.Random(seed)
+    clocks = await gpus[0].supported_clocks_mhz()
+    rows: list[ProfileRow] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10)) as client:
+        first = await _metrics(client, target.metrics_url)
+        plan = SweepPlan(
+            max_batch=min(max_batch or first.max_batch, first.max_batch),
+            kv_capacity_blocks=first.kv_max_blocks,
+            tokens_per_block=first.tokens_per_block,
+            context_window_tokens=target.context_window_tokens,
+            output_tokens=output_tokens,
+            batch_step=batch_step,
+            seed=seed,
+        )
+        try:
+            for batch in plan.batch_sizes() * passes:
+                clock_mhz = rng.choice(clocks)
+                for gpu in gpus:
+                    await gpu.lock_clock(clock_mhz)
+                await asyncio.sleep(switch_wait_s)
+                prompts = ["hi " * max(1, n - 1) for n in plan.prompt_tokens(rng, batch)]
+                step_rows = await _profile_step(
+                    client, target, batch, clock_mhz, prompts, output_tokens, window_s
+                )
+                rows += step_rows
+                log.info("batch %d at %d MHz: %d rows", batch, clock_mhz, len(step_rows))
+        finally:
+            for gpu in gpus:
+                await gpu.reset_clock()
+    return rows
+
+
+async def _profile_step(client: httpx.AsyncClient, target: LiveTarget, batch: int, clock_mhz: int,
+                        prompts: list[str], output_tokens: int, window_s: float) -> list[ProfileRow]:  # fmt: skip
+    url = f"{target.triton_url}/v2/models/{target.model}/generate"
+    body = {"max_tokens": output_tokens, "min_tokens": output_tokens}
+    requests = [
+        asyncio.create_task(client.post(url, json={**body, "text_input": p})) for p in prompts
+    ]
+    rows: list[ProfileRow] = []
+    previous, previous_s = await _metrics(client, target.metrics_url), time.monotonic()
+    while not all(task.done() for task in requests):
+        await asyncio.sleep(window_s)
+        current, now_s = await _metrics(client, target.metrics_url), time.monotonic()
+        iterations = current.iterations - previous.iterations
+        if current.scheduled == batch and previous.scheduled == batch and iterations > 0:
+            ips = iterations / (now_s - previous_s)
+            rows.append(ProfileRow(target.tp, batch, previous.kv_used_blocks, clock_mhz, ips))
+        previous, previous_s = current, now_s
+    for task in requests:
+        response = task.result()
+        if response.status_code != 200:
+            raise RuntimeError(f"the server refused a profiling request: {response.text[:300]}")
+    return rows
+
+
+async def _metrics(client: httpx.AsyncClient, url: str) -> EngineMetrics:
+    response = await client.get(url)
+    response.raise_for_status()
+    return parse_trt_llm_metrics(response.text)
