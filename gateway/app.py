@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.backends.triton import TritonBackend
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
+from gateway.predictions import Predictions, load_predictions
 from gateway.routes import completions, health, models
 from gateway.services import Services
 from gateway.settings import GpuBackendKind, Settings
@@ -29,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = _build_services(settings)
+        services = _build_services(settings, await asyncio.to_thread(load_predictions, settings))
         app.state.services = services
         governor_task = None
         if services.governor is not None:
@@ -52,8 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _build_services(settings: Settings) -> Services:
+def _build_services(settings: Settings, predictions: Predictions) -> Services:
     metrics = GatewayMetrics()
+    metrics.watch_predictions(predictions)
     backend = TritonBackend.connect(
         settings.backend_url,
         settings.triton_model,
@@ -73,6 +75,7 @@ def _build_services(settings: Settings) -> Services:
         store=MemoryStateStore(),
         metrics=metrics,
         tokenizer=PromptTokenizer.from_file(settings.tokenizer_path),
+        predictions=predictions,
         governor=governor,
     )
 

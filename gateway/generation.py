@@ -17,11 +17,18 @@ from gateway.state import RequestEntry
 
 
 class Generation:
-    def __init__(self, services: Services, request: GenerationRequest, prompt_tokens: int) -> None:
+    def __init__(
+        self,
+        services: Services,
+        request: GenerationRequest,
+        prompt_tokens: int,
+        predicted_tokens: int | None = None,
+    ) -> None:
         self._services = services
         self.request = request
         self.request_id = uuid.uuid4().hex
         self.prompt_tokens = prompt_tokens
+        self.predicted_tokens = predicted_tokens
         self.completion_tokens = 0
         self._arrival_s = time.monotonic()
         self._last_token_s: float | None = None
@@ -38,6 +45,7 @@ class Generation:
                 arrival_s=self._arrival_s,
                 prompt_tokens=self.prompt_tokens,
                 max_tokens=self.request.max_tokens,
+                predicted_tokens=self.predicted_tokens,
             )
         )
         services.metrics.in_flight.inc()

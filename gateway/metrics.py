@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.predictions import Predictions
 from governor.loop import GovernorStatus
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -52,6 +53,16 @@ class GatewayMetrics:
             "Requests being served right now.",
             registry=self.registry,
         )
+
+    def watch_predictions(self, predictions: Predictions) -> None:
+        ready = Gauge(
+            "throttllem_predictor_ready",
+            "1 when the model loaded; 0 when it is missing or corrupt (served without it).",
+            ["model"],
+            registry=self.registry,
+        )
+        for name in ("length", "performance"):
+            ready.labels(name).set(1 if predictions.ready(name) else 0)
 
     def watch_governor(self, status: GovernorStatus) -> None:
         """Export the governor's clock, power and energy, read fresh at every scrape."""

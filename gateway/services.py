@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from gateway.backends.base import Backend
 from gateway.metrics import GatewayMetrics
+from gateway.predictions import Predictions
 from gateway.settings import Settings
 from gateway.state import StateStore
 from governor.loop import ClockGovernor
@@ -22,6 +23,7 @@ class Services:
     store: StateStore
     metrics: GatewayMetrics
     tokenizer: PromptTokenizer
+    predictions: Predictions
     governor: ClockGovernor | None = None
 
     def request_finished(self) -> None:

@@ -54,6 +54,16 @@ class Settings(BaseSettings):
         None,
         description="tokenizer.json of the served model; default: the bundled Llama 3 tokenizer.",
     )
+    length_model_path: Path | None = Field(
+        None,
+        description="ONNX output-length model (onnx_models/length-*.onnx); none: no length "
+        "predictions, and the governor holds default clocks.",
+    )
+    performance_model_path: Path | None = Field(
+        None,
+        description="ONNX performance model (onnx_models/performance-*.onnx); none: the "
+        "governor holds default clocks.",
+    )
     default_max_tokens: int = Field(
         16, ge=1, description="max_tokens for requests that do not set it (OpenAI's default)."
     )

@@ -16,6 +16,7 @@ class RequestEntry:
     arrival_s: float
     prompt_tokens: int
     max_tokens: int
+    predicted_tokens: int | None = None  # None: no length model loaded
     generated_tokens: int = 0
     first_token_s: float | None = None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ class LengthPrediction:
 
     def quantile(self, q: float, generated_so_far: int = 0) -> int:
         """The length not exceeded with probability q, given `generated_so_far` already."""
-        grid, cdf = self._cdf()
+        grid, cdf = self._cdf_points
         floor = np.interp(generated_so_far, grid, cdf, left=0.0, right=1.0)
         if generated_so_far > 0 and floor >= 1.0 - 1e-9:
             tokens = generated_so_far + 1  # past everything seen in training: one more at least
@@ -110,6 +111,10 @@ class LengthPrediction:
         """Tokens still to come for a request that has generated `generated_so_far`: the
         conditional estimate P(L | L > generated), not a jump to max_tokens."""
         return self.quantile(q, generated_so_far) - generated_so_far
+
+    @cached_property
+    def _cdf_points(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._cdf()
 
     def _cdf(self) -> tuple[np.ndarray, np.ndarray]:
         """Piecewise-linear CDF through every bucket's within-bucket quantiles."""
@@ -132,6 +137,7 @@ class LengthPredictor:
         try:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
             self._session = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
             )

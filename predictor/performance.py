@@ -56,6 +56,7 @@ class PerformanceModel:
         try:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
             self._session = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
             )

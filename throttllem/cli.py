@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from throttllem.cli_predictors import add_predictor_bench, add_profile_command, add_train_command
+
 NOT_IMPLEMENTED_EXIT_CODE = 2
 
 # Subcommands whose issue has not landed yet: they say so and exit 2.
@@ -19,14 +21,6 @@ _PLANNED = {
     "replay": (
         "replay a trace against every policy and report energy and SLOs",
         "issue 8 (replay and report)",
-    ),
-    "profile": (
-        "profile a Triton server: batch size x clock -> iterations per second",
-        "issue 4 (predictors)",
-    ),
-    "train": (
-        "train the performance or output-length model and export it to ONNX",
-        "issue 4 (predictors)",
     ),
 }
 
@@ -97,14 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     twin_bench.add_argument("--profile", default=None, help="twin profile of the replay")
     twin_bench.set_defaults(handler=_bench_twin)
-    predictor_bench = benches.add_parser(
-        "predictor",
-        help="length and performance prediction latency",
-        description="Not implemented yet: issue 4 (predictors).",
-    )
-    predictor_bench.set_defaults(
-        handler=_not_implemented("bench predictor", "issue 4 (predictors)")
-    )
+    add_predictor_bench(benches)
+    add_profile_command(commands)
+    add_train_command(commands)
 
     for name, (summary, issue) in _PLANNED.items():
         planned = commands.add_parser(
@@ -241,8 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         twin_args += ["--policy", args.twin_policy]
     if args.twin_responses:
         twin_args += ["--responses", str(args.twin_responses.resolve())]
-    model = profile.name.split("/")[1]
-    return run_stack(args.host, args.port, ports, twin_args, twin_model=model)
+    return run_stack(args.host, args.port, ports, twin_args, twin_profile=profile.name)
 
 
 def _not_implemented(name: str, issue: str) -> Callable[[argparse.Namespace], int]:

@@ -66,15 +66,19 @@ class SweepPlan:
         sizes = list(range(1, self.max_batch + 1, self.batch_step))
         return sizes if sizes[-1] == self.max_batch else [*sizes, self.max_batch]
 
-    def prompt_tokens(self, rng: random.Random, batch: int) -> list[int]:
-        """Random prompts such that the whole batch, at full length, fits in the cache."""
-        per_request = self.kv_capacity_blocks * self.tokens_per_block // batch
-        longest = min(per_request, self.context_window_tokens) - self.output_tokens - 1
-        if longest < 1:
+    def step_shape(self, rng: random.Random, batch: int) -> tuple[list[int], int]:
+        """Random prompt lengths, and tokens to generate, such that the whole batch at full
+        length fits in the cache (a large batch on a small cache generates fewer tokens)."""
+        per_request = min(
+            self.kv_capacity_blocks * self.tokens_per_block // batch, self.context_window_tokens
+        )
+        output_tokens = min(self.output_tokens, per_request // 2)
+        if output_tokens < 2:
             raise ValueError(
-                f"{batch} requests of {self.output_tokens} tokens do not fit the KV cache"
+                f"{batch} requests do not fit a KV cache of {self.kv_capacity_blocks} blocks"
             )
-        return [rng.randint(1, longest) for _ in range(batch)]
+        longest = per_request - output_tokens
+        return [rng.randint(1, longest) for _ in range(batch)], output_tokens
 
 
 def write_rows(path: Path, rows: Sequence[ProfileRow]) -> None:
@@ -130,8 +134,9 @@ def profile_virtual(profile_name: str, output_tokens: int = 256, window_iteratio
         for gpu in engine.gpus:
             gpu.lock_clock(clock_mhz, now_s)
         now_s += profile.gpu.clock_switch_latency_s
-        for index, prompt in enumerate(plan.prompt_tokens(rng, batch)):
-            engine.submit(EngineSequence(f"{batch}-{index}", prompt, output_tokens, output_tokens))
+        prompts, step_tokens = plan.step_shape(rng, batch)
+        for index, prompt in enumerate(prompts):
+            engine.submit(EngineSequence(f"{batch}-{index}", prompt, step_tokens, step_tokens))
         now_s = engine.step(now_s).ended_s  # the prefill iteration is not a decode sample
         while engine.running == batch:
             kv_blocks, started_s, done = engine.kv_used_blocks, now_s, 0
@@ -241,9 +246,10 @@ async def profile_live(
                 for gpu in gpus:
                     await gpu.lock_clock(clock_mhz)
                 await asyncio.sleep(switch_wait_s)
-                prompts = ["hi " * max(1, n - 1) for n in plan.prompt_tokens(rng, batch)]
+                lengths, step_tokens = plan.step_shape(rng, batch)
+                prompts = ["hi " * max(1, n - 2) for n in lengths]  # " hi" is one token; BOS
                 step_rows = await _profile_step(
-                    client, target, batch, clock_mhz, prompts, output_tokens, window_s
+                    client, target, batch, clock_mhz, prompts, step_tokens, window_s
                 )
                 rows += step_rows
                 log.info("batch %d at %d MHz: %d rows", batch, clock_mhz, len(step_rows))

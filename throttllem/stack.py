@@ -54,17 +54,28 @@ def run_stack(
     port: int | None,
     twin_ports: TwinPorts,
     twin_args: list[str],
-    twin_model: str,
+    twin_profile: str,
 ) -> int:
-    """`twin_model` names the served model unless THROTTLLEM_SERVED_MODEL_NAME does."""
+    """The served model is named after the twin profile's, and the shipped predictors for
+    it are loaded, unless THROTTLLEM_* variables say otherwise."""
+    from predictor.shipped import length_model_path, performance_model_path
+    from simulator.profile import load_profile
+
+    profile = load_profile(twin_profile)
     settings = Settings()
+    defaults = {
+        "served_model_name": twin_profile.split("/")[1],
+        "length_model_path": length_model_path(profile.model.recorded_responses),
+        "performance_model_path": performance_model_path(twin_profile),
+    }
     update: dict[str, object] = {
         "backend_url": f"http://127.0.0.1:{twin_ports.http}",
         "gpu_backend": GpuBackendKind.simulated,
         "gpu_control_url": f"http://127.0.0.1:{twin_ports.control}",
     }
-    if "served_model_name" not in settings.model_fields_set:
-        update["served_model_name"] = twin_model
+    update.update(
+        {key: value for key, value in defaults.items() if key not in settings.model_fields_set}
+    )
     settings = _with_address(settings, host, port).model_copy(update=update)
     with _twin_process(twin_ports, twin_args) as twin:
         if not _wait_until_ready(twin, settings.backend_url, settings.triton_model):

@@ -54,7 +54,9 @@ async def create_completion(
 async def _start(services: Services, body: CompletionRequest) -> Generation:
     max_tokens = body.max_tokens or services.settings.default_max_tokens
     prompt = body.prompt_text
-    prompt_tokens = await asyncio.to_thread(services.tokenizer.count, prompt)
+    prompt_tokens, predicted_tokens = await asyncio.to_thread(
+        _read_prompt, services, prompt, max_tokens
+    )
     request = GenerationRequest(
         prompt=prompt,
         max_tokens=max_tokens,
@@ -64,7 +66,15 @@ async def _start(services: Services, body: CompletionRequest) -> Generation:
         seed=body.seed,
         ignore_eos=body.ignore_eos,
     )
-    return Generation(services, request, prompt_tokens)
+    return Generation(services, request, prompt_tokens, predicted_tokens)
+
+
+def _read_prompt(services: Services, prompt: str, max_tokens: int) -> tuple[int, int | None]:
+    """Count the prompt's tokens and predict the answer's length (off the event loop)."""
+    token_ids = services.tokenizer.encode(prompt)
+    length = services.predictions.length
+    predicted = length.predict(token_ids, max_tokens).point() if length is not None else None
+    return len(token_ids), predicted
 
 
 async def _sse(

@@ -61,6 +61,7 @@ def _regressor(seed: int) -> Any:
     return LGBMRegressor(
         n_estimators=300, learning_rate=0.05, num_leaves=31, min_child_samples=5,
         subsample=0.9, subsample_freq=1, random_state=seed, verbose=-1,
+        deterministic=True, force_row_wise=True,
     )  # fmt: skip
 
 

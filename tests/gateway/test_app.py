@@ -85,3 +85,40 @@ async def test_responses_are_counted_by_status(gateway: httpx.AsyncClient):
     await gateway.post("/v1/completions", json=completion_body(n=3))
     metrics = (await gateway.get("/metrics")).text
     assert 'throttllem_requests_total{endpoint="completions",status="400"} 1.0' in metrics
+
+
+async def test_corrupt_or_missing_models_are_reported_and_the_gateway_still_starts(tmp_path):
+    corrupt = tmp_path / "length.onnx"
+    corrupt.write_bytes(b"garbage")
+    settings = Settings(
+        backend_url="http://127.0.0.1:9",
+        length_model_path=corrupt,
+        performance_model_path=tmp_path / "missing.onnx",
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        services = app.state.services
+        assert "length.onnx" in services.predictions.problems["length"]
+        assert "missing.onnx" in services.predictions.problems["performance"]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            assert (await client.get("/health/live")).status_code == 200
+            metrics = (await client.get("/metrics")).text
+    assert 'throttllem_predictor_ready{model="length"} 0.0' in metrics
+    assert 'throttllem_predictor_ready{model="performance"} 0.0' in metrics
+
+
+async def test_the_shipped_models_load():
+    from predictor.shipped import length_model_path, performance_model_path
+
+    settings = Settings(
+        backend_url="http://127.0.0.1:9",
+        length_model_path=length_model_path("llama-2-13b-chat-hf"),
+        performance_model_path=performance_model_path("a100-40gb/llama-2-13b/tp1"),
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        predictions = app.state.services.predictions
+        assert predictions.problems == {}
+        assert predictions.length is not None and predictions.performance is not None
+        assert predictions.performance.grid.tp == 1

@@ -173,3 +173,31 @@ def test_the_control_api_locks_and_resets_each_gpu(twin: Twin):
     assert httpx.get(f"{twin.control_url}/gpus/2").status_code == 404
     assert httpx.delete(f"{gpu}/locked-clocks").json()["locked_clock_mhz"] is None
     assert [g["index"] for g in httpx.get(f"{twin.control_url}/gpus").json()] == [0, 1]
+
+
+def test_profile_runs_against_the_twin_through_its_gpu_backend_and_metrics(twin: Twin):
+    from governor.gpu.simulated import SimulatedGpu
+    from throttllem.profiler import LiveTarget, profile_live
+
+    gpus = [SimulatedGpu.connect(twin.control_url, index) for index in (0, 1)]
+    target = LiveTarget(
+        twin.triton_url, f"{twin.control_url}/metrics", "ensemble", tp=2, context_window_tokens=4096
+    )
+
+    async def run() -> list:
+        try:
+            return await profile_live(
+                target, gpus, output_tokens=40, window_s=0.25, max_batch=2, seed=3
+            )
+        finally:
+            for gpu in gpus:
+                await gpu.aclose()
+
+    rows = asyncio.run(run())
+    assert rows, "no windows measured"
+    assert {row.batch for row in rows} <= {1, 2}
+    assert all(row.tp == 2 and row.ips > 0 and row.freq_mhz % 15 == 0 for row in rows)
+    states = httpx.get(f"{twin.control_url}/gpus").json()
+    assert [gpu["locked_clock_mhz"] for gpu in states] == [None, None], (
+        "clocks reset after profiling"
+    )

@@ -1,0 +1,40 @@
+import pytest
+
+from throttllem.profiler import SweepPlan, parse_trt_llm_metrics
+
+PAGE = """# HELP nv_trt_llm_request_metrics TRT-LLM request metrics
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="scheduled",version="1"} 7
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="max",version="1"} 64
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="used",model="tensorrt_llm",version="1"} 120
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max",model="tensorrt_llm",version="1"} 954
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="tokens_per",model="tensorrt_llm",version="1"} 64
+nv_trt_llm_general_metrics{general_type="iteration_counter",model="tensorrt_llm",version="1"} 12345
+nv_gpu_power_usage{gpu_uuid="GPU-1"} 250.5
+"""
+
+
+def test_the_tensorrt_llm_gauges_are_read_from_a_triton_metrics_page():
+    metrics = parse_trt_llm_metrics(PAGE)
+    assert (metrics.iterations, metrics.kv_used_blocks, metrics.kv_max_blocks) == (12345, 120, 954)
+    assert (metrics.scheduled, metrics.max_batch, metrics.tokens_per_block) == (7, 64, 64)
+
+
+def test_a_page_without_tensorrt_llm_metrics_is_refused():
+    with pytest.raises(ValueError, match="TensorRT-LLM"):
+        parse_trt_llm_metrics('nv_gpu_power_usage{gpu_uuid="GPU-1"} 250.5\n')
+
+
+def test_the_sweep_keeps_every_batch_within_the_kv_cache():
+    import random
+
+    plan = SweepPlan(
+        max_batch=64, kv_capacity_blocks=254, tokens_per_block=64, context_window_tokens=4096
+    )
+    assert plan.batch_sizes() == list(range(1, 65))
+    rng = random.Random(0)
+    for batch in (1, 16, 64):
+        prompts, output_tokens = plan.step_shape(rng, batch)
+        assert len(prompts) == batch
+        assert sum(p + output_tokens for p in prompts) <= 254 * 64
+        assert all(p + output_tokens <= 4096 for p in prompts)
+    assert plan.step_shape(rng, 64)[1] < plan.output_tokens  # fewer tokens for a full cache

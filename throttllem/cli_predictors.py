@@ -1,0 +1,201 @@
+"""The predictor commands: `profile`, `train performance|length`, `bench predictor`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def add_profile_command(commands: Subparsers) -> None:
+    profile = commands.add_parser(
+        "profile",
+        help="profile a Triton server: batch size x KV x clock -> iterations per second",
+        description="Sweep the batch size from 1 to the engine's maximum, each step at a random "
+        "supported clock set through the governor's GPU backend, reading the iteration counter "
+        "and KV blocks from the server's metrics; write rows of tp, batch, kv_blocks, freq_mhz, "
+        "ips. With --virtual PROFILE, run the same sweep on the twin's engine in virtual time.",
+    )
+    where = profile.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target", help="Triton HTTP URL, e.g. http://127.0.0.1:8000")
+    where.add_argument("--virtual", metavar="PROFILE", help="a twin profile, swept in virtual time")
+    profile.add_argument("--out", type=Path, required=True, help="CSV to write")
+    profile.add_argument(
+        "--metrics-url",
+        help="TensorRT-LLM metrics page (default: the twin's, on --gpu-control-url)",
+    )
+    profile.add_argument("--gpu-backend", choices=["simulated"], default="simulated",
+                         help="how clocks are set (nvml arrives with the governor's issue)")  # fmt: skip
+    profile.add_argument(
+        "--gpu-control-url", default="http://127.0.0.1:8003", help="the twin's GPU control API"
+    )
+    profile.add_argument(
+        "--gpus", type=int, default=1, help="GPUs of the instance (its tensor-parallel degree)"
+    )
+    profile.add_argument(
+        "--model", default="ensemble", help="Triton model to call (default: ensemble)"
+    )
+    profile.add_argument(
+        "--context-window", type=int, default=4096, help="the model's context window, tokens"
+    )
+    profile.add_argument(
+        "--max-batch", type=int, default=None, help="stop the sweep at this batch size"
+    )
+    profile.add_argument("--batch-step", type=int, default=1, help="sweep every Nth batch size")
+    profile.add_argument(
+        "--passes", type=int, default=1, help="repeat the sweep, with fresh random clocks"
+    )
+    profile.add_argument(
+        "--output-tokens", type=int, default=256, help="tokens each request generates"
+    )
+    profile.add_argument(
+        "--window-s", type=float, default=0.5, help="seconds per measured row (live)"
+    )
+    profile.add_argument("--seed", type=int, default=0)
+    profile.set_defaults(handler=_profile)
+
+
+def add_train_command(commands: Subparsers) -> None:
+    train = commands.add_parser(
+        "train", help="train a predictor and export it to ONNX, with a report",
+        description="Train the performance model or the output-length model.",
+    )  # fmt: skip
+    kinds = train.add_subparsers(dest="kind", required=True, metavar="MODEL")
+    performance = kinds.add_parser(
+        "performance", help="profile rows -> iterations per second (LightGBM)",
+        description="Fit gradient-boosted trees to profile rows; report R², MAPE and MAE for "
+        "90/10 and 10/90 train/test splits; export the model trained on all rows.",
+    )  # fmt: skip
+    performance.add_argument(
+        "--data", type=Path, required=True, help="CSV from `throttllem profile`"
+    )
+    performance.add_argument("--out", type=Path, required=True, help="ONNX model to write")
+    performance.add_argument("--report", type=Path, default=None, help="JSON report to write")
+    performance.add_argument("--seed", type=int, default=0)
+    performance.set_defaults(handler=_train_performance)
+    length = kinds.add_parser(
+        "length", help="prompts and recorded answers -> output-length buckets",
+        description="Fit the length classifier on recorded answers (a JSON list of "
+        "{instruction, output}); report accuracy, MAE and bound coverage on held-out prompts "
+        "against two baselines; export the model trained on all prompts.",
+    )  # fmt: skip
+    length.add_argument(
+        "--responses", type=Path, required=True, help="e.g. an AlpacaEval <model>.json"
+    )
+    length.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer.json (default: Llama 3)"
+    )
+    length.add_argument("--out", type=Path, required=True, help="ONNX model to write")
+    length.add_argument("--report", type=Path, default=None, help="JSON report to write")
+    length.add_argument(
+        "--quantile", type=float, default=0.9, help="quantile of the conservative bound"
+    )
+    length.add_argument(
+        "--context-window", type=int, default=8192, help="the model's context window, tokens"
+    )
+    length.add_argument("--seed", type=int, default=0)
+    length.set_defaults(handler=_train_length)
+
+
+def add_predictor_bench(benches: Subparsers) -> None:
+    bench = benches.add_parser(
+        "predictor", help="latency of length predictions and performance lookups",
+        description="Time the length predictor on prompts of up to 2,000 tokens (p50/p99, one "
+        "core) and 10,000 performance-table lookups.",
+    )  # fmt: skip
+    bench.add_argument("--json", type=Path, default=None, help="write the report here")
+    bench.add_argument(
+        "--length-model",
+        type=Path,
+        default=None,
+        help="default: the shipped Llama-3-8B-Instruct model",
+    )
+    bench.add_argument(
+        "--performance-model",
+        type=Path,
+        default=None,
+        help="default: the shipped a100-40gb/llama-2-13b/tp1 model",
+    )
+    bench.set_defaults(handler=_bench_predictor)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from throttllem.profiler import LiveTarget, profile_live, profile_virtual, write_rows
+
+    if args.virtual:
+        from simulator.profile import UnknownProfileError
+
+        try:
+            rows = profile_virtual(args.virtual, output_tokens=args.output_tokens, seed=args.seed,
+                                   batch_step=args.batch_step, passes=args.passes)  # fmt: skip
+        except UnknownProfileError as error:
+            print(f"throttllem profile: {error}", file=sys.stderr)
+            return 2
+    else:
+        from governor.gpu.simulated import SimulatedGpu
+
+        gpus = [SimulatedGpu.connect(args.gpu_control_url, index) for index in range(args.gpus)]
+        target = LiveTarget(
+            triton_url=args.target.rstrip("/"),
+            metrics_url=args.metrics_url or f"{args.gpu_control_url.rstrip('/')}/metrics",
+            model=args.model,
+            tp=args.gpus,
+            context_window_tokens=args.context_window,
+        )
+        rows = asyncio.run(
+            profile_live(target, gpus, output_tokens=args.output_tokens, window_s=args.window_s,
+                         max_batch=args.max_batch, batch_step=args.batch_step, seed=args.seed,
+                         passes=args.passes)
+        )  # fmt: skip
+    write_rows(args.out, rows)
+    print(f"{len(rows)} rows written to {args.out}")
+    return 0
+
+
+def _train_performance(args: argparse.Namespace) -> int:
+    from predictor.training.performance import train_performance
+
+    try:
+        report = train_performance(args.data, args.out, args.report, seed=args.seed)
+    except (OSError, ValueError) as error:
+        print(f"throttllem train performance: {error}", file=sys.stderr)
+        return 2
+    print(f"{'split':<8} {'R²':>8} {'MAPE %':>8} {'MAE IPS':>9}")
+    for name, split in report["splits"].items():
+        print(f"{name:<8} {split['r2']:>8.4f} {split['mape_pct']:>8.2f} {split['mae_ips']:>9.3f}")
+    print(f"model written to {args.out}")
+    return 0
+
+
+def _train_length(args: argparse.Namespace) -> int:
+    from predictor.tokenizer import PromptTokenizer, TokenizerNotFoundError
+    from predictor.training.length import train_length
+
+    try:
+        tokenizer = PromptTokenizer.from_file(args.tokenizer)
+        report = train_length(args.responses, args.out, args.report, tokenizer,
+                              context_window=args.context_window, quantile=args.quantile, seed=args.seed)  # fmt: skip
+    except (OSError, ValueError, TokenizerNotFoundError) as error:
+        print(f"throttllem train length: {error}", file=sys.stderr)
+        return 2
+    shown = {k: v for k, v in report.items() if k != "buckets"}
+    print(json.dumps(shown, indent=2))
+    print(f"model written to {args.out}")
+    return 0
+
+
+def _bench_predictor(args: argparse.Namespace) -> int:
+    from predictor.bench import bench_predictor
+    from predictor.errors import ModelFileError
+
+    try:
+        bench_predictor(args.length_model, args.performance_model, args.json)
+    except ModelFileError as error:
+        print(f"throttllem bench predictor: {error}", file=sys.stderr)
+        return 2
+    return 0
