@@ -5,6 +5,7 @@ from throttllem.profiler import SweepPlan, parse_trt_llm_metrics
 PAGE = """# HELP nv_trt_llm_request_metrics TRT-LLM request metrics
 nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="scheduled",version="1"} 7
 nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="max",version="1"} 64
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="active",version="1"} 7
 nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="used",model="tensorrt_llm",version="1"} 120
 nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max",model="tensorrt_llm",version="1"} 954
 nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="tokens_per",model="tensorrt_llm",version="1"} 64
@@ -17,6 +18,7 @@ def test_the_tensorrt_llm_gauges_are_read_from_a_triton_metrics_page():
     metrics = parse_trt_llm_metrics(PAGE)
     assert (metrics.iterations, metrics.kv_used_blocks, metrics.kv_max_blocks) == (12345, 120, 954)
     assert (metrics.scheduled, metrics.max_batch, metrics.tokens_per_block) == (7, 64, 64)
+    assert metrics.steady(7) and not metrics.steady(8)
 
 
 def test_a_page_without_tensorrt_llm_metrics_is_refused():

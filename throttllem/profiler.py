@@ -168,7 +168,12 @@ class EngineMetrics:
     kv_max_blocks: int
     tokens_per_block: int
     scheduled: int
+    active: int
     max_batch: int
+
+    def steady(self, batch: int) -> bool:
+        """Exactly `batch` requests in the engine, all of them in the last iteration."""
+        return self.scheduled == batch and self.active == batch
 
 
 def parse_trt_llm_metrics(text: str) -> EngineMetrics:
@@ -179,6 +184,7 @@ def parse_trt_llm_metrics(text: str) -> EngineMetrics:
         ("nv_trt_llm_kv_cache_block_metrics", "max"): 0.0,
         ("nv_trt_llm_kv_cache_block_metrics", "tokens_per"): 0.0,
         ("nv_trt_llm_request_metrics", "scheduled"): 0.0,
+        ("nv_trt_llm_request_metrics", "active"): 0.0,
         ("nv_trt_llm_request_metrics", "max"): 0.0,
     }
     found = set()
@@ -202,6 +208,7 @@ def parse_trt_llm_metrics(text: str) -> EngineMetrics:
         kv_max_blocks=int(wanted[("nv_trt_llm_kv_cache_block_metrics", "max")]),
         tokens_per_block=int(wanted[("nv_trt_llm_kv_cache_block_metrics", "tokens_per")]),
         scheduled=int(wanted[("nv_trt_llm_request_metrics", "scheduled")]),
+        active=int(wanted[("nv_trt_llm_request_metrics", "active")]),
         max_batch=int(wanted[("nv_trt_llm_request_metrics", "max")]),
     )
 
@@ -268,13 +275,16 @@ async def _profile_step(client: httpx.AsyncClient, target: LiveTarget, batch: in
     ]
     rows: list[ProfileRow] = []
     previous, previous_s = await _metrics(client, target.metrics_url), time.monotonic()
+    warmed_up = False
     while not all(task.done() for task in requests):
         await asyncio.sleep(window_s)
         current, now_s = await _metrics(client, target.metrics_url), time.monotonic()
         iterations = current.iterations - previous.iterations
-        if current.scheduled == batch and previous.scheduled == batch and iterations > 0:
-            ips = iterations / (now_s - previous_s)
-            rows.append(ProfileRow(target.tp, batch, previous.kv_used_blocks, clock_mhz, ips))
+        if previous.steady(batch) and current.steady(batch) and iterations > 0:
+            if warmed_up:  # the first steady window still holds the batch's prefill
+                ips = iterations / (now_s - previous_s)
+                rows.append(ProfileRow(target.tp, batch, previous.kv_used_blocks, clock_mhz, ips))
+            warmed_up = True
         previous, previous_s = current, now_s
     for task in requests:
         response = task.result()

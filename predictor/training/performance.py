@@ -20,6 +20,7 @@ from predictor.performance import FEATURES, GRID_METADATA_KEY, PerformanceGrid
 from predictor.training.metrics import regression_metrics, split_indices
 
 SPLITS = {"90/10": 0.9, "10/90": 0.1}
+MIN_ROWS = 20  # the 10/90 split must still have rows to train on
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class PerformanceData:
         if missing:
             raise ValueError(f"{path} lacks the columns {missing}")
         table = np.atleast_1d(table)
+        if len(table) < MIN_ROWS:
+            raise ValueError(f"{path} has {len(table)} rows; training needs at least {MIN_ROWS}")
         features = np.column_stack([table[c] for c in FEATURES]).astype(np.float32)
         return cls(features, table["ips"].astype(float))
 
