@@ -1,0 +1,124 @@
+"""Projection: the batch size and KV blocks of every future iteration, from the board.
+
+Running requests leave after their predicted remaining tokens; queued ones start, in
+order, in the first iteration with a free batch slot (their prefill runs then, and emits
+their first token). Every active request adds one token per iteration. Written with
+array operations only: no Python loop over iterations (a heap over queued requests
+assigns their slots).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from predictor.board import Board
+
+
+@dataclass(frozen=True)
+class Projection:
+    batch: np.ndarray  # [H] requests in iteration t
+    kv_blocks: np.ndarray  # [H] blocks in use after iteration t
+    prefill_tokens: np.ndarray  # [H] prompt tokens prefilled in iteration t
+    start: np.ndarray  # [N] first iteration of each request (running: 0), running then queued
+    end: np.ndarray  # [N] one past its last iteration (may exceed the horizon)
+
+    @property
+    def horizon(self) -> int:
+        return len(self.batch)
+
+
+def queued_starts(board: Board) -> np.ndarray:
+    """The iteration each queued request starts in: FIFO into the first free slot."""
+    running_ends = board.running.remaining_tokens
+    slots = sorted(running_ends.tolist())[: board.max_batch]
+    slots += [0] * (board.max_batch - len(slots))  # free slots are free now
+    heapq.heapify(slots)
+    starts = np.empty(len(board.queued), dtype=np.int64)
+    for index, duration in enumerate(board.queued.remaining_tokens.tolist()):
+        free_at = heapq.heappop(slots)
+        starts[index] = free_at
+        heapq.heappush(slots, free_at + duration)
+    return starts
+
+
+def project(board: Board, horizon: int) -> Projection:
+    start = np.concatenate([np.zeros(len(board.running), dtype=np.int64), queued_starts(board)])
+    duration = np.concatenate([board.running.remaining_tokens, board.queued.remaining_tokens])
+    context = np.concatenate([board.running.context_tokens, board.queued.prompt_tokens])
+    end = start + duration
+    block = board.tokens_per_block
+
+    batch_delta = np.zeros(horizon + 1, dtype=np.int64)
+    np.add.at(batch_delta, np.minimum(start, horizon), 1)
+    np.add.at(batch_delta, np.minimum(end, horizon), -1)
+
+    # Blocks: ceil((context + k + 1) / block) after a request's k-th iteration. It holds
+    # its first blocks from its start, gains one each time its context passes a block
+    # boundary, and frees them all at its end.
+    first_blocks = -(-(context + 1) // block)
+    last_blocks = -(-(context + duration) // block)
+    first_gain = (-context) % block
+    first_gain[first_gain == 0] = block
+    gains = np.where(first_gain <= duration - 1, (duration - 1 - first_gain) // block + 1, 0)
+    group_offsets = np.repeat(np.cumsum(gains) - gains, gains)
+    gain_times = np.repeat(start + first_gain, gains) + block * (
+        np.arange(int(gains.sum())) - group_offsets
+    )
+    block_delta = np.bincount(gain_times[gain_times < horizon], minlength=horizon + 1)[
+        : horizon + 1
+    ]
+    block_delta = block_delta.astype(np.int64)
+    np.add.at(block_delta, np.minimum(start, horizon), first_blocks)
+    np.add.at(block_delta, np.minimum(end, horizon), -last_blocks)
+
+    prefill = np.zeros(horizon + 1, dtype=np.int64)
+    queued_start = start[len(board.running) :]
+    np.add.at(prefill, np.minimum(queued_start, horizon), board.queued.prompt_tokens)
+
+    return Projection(
+        batch=np.cumsum(batch_delta)[:horizon],
+        kv_blocks=np.cumsum(block_delta)[:horizon],
+        prefill_tokens=prefill[:horizon],
+        start=start,
+        end=end,
+    )
+
+
+def project_reference(board: Board, horizon: int) -> Projection:
+    """The same projection, one iteration at a time: the specification the fast one meets."""
+    running = [
+        {"context": int(c), "left": int(r), "start": 0}
+        for c, r in zip(board.running.context_tokens, board.running.remaining_tokens, strict=True)
+    ]
+    waiting = [
+        {"context": int(p), "left": int(r), "index": len(running) + i}
+        for i, (p, r) in enumerate(
+            zip(board.queued.prompt_tokens, board.queued.remaining_tokens, strict=True)
+        )
+    ]
+    count = len(running) + len(waiting)
+    start = np.zeros(count, dtype=np.int64)
+    end = np.array([r["left"] for r in running] + [0] * len(waiting), dtype=np.int64)
+    batch, kv, prefill = [], [], []
+    active = list(running)
+    for t in range(horizon):
+        active = [r for r in active if r["left"] > 0]
+        filled = 0
+        while waiting and len(active) < board.max_batch:
+            request = waiting.pop(0)
+            start[request["index"]] = t
+            end[request["index"]] = t + request["left"]
+            filled += request["context"]
+            active.append(request)
+        for request in active:
+            request["context"] += 1
+            request["left"] -= 1
+        batch.append(len(active))
+        kv.append(sum(-(-r["context"] // board.tokens_per_block) for r in active))
+        prefill.append(filled)
+    for request in waiting:  # never started within the horizon: the fast one still places them
+        start[request["index"]] = -1
+    return Projection(np.array(batch), np.array(kv), np.array(prefill), start, end)

@@ -1,0 +1,160 @@
+"""The projection and the planner, by properties over random boards (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from governor.planner import admit, check, lowest_frequency
+from predictor.board import Board, Requests
+from predictor.projection import project, project_reference
+
+CLOCKS_MHZ = np.arange(210, 1411, 15)
+
+
+class AnalyticTimes:
+    """A monotone model: memory part + per-sequence part, the rest stretching as 1/f."""
+
+    clocks_mhz = CLOCKS_MHZ
+
+    def seconds(self, batch, kv_blocks, prefill_tokens, clock_index):
+        stretch = CLOCKS_MHZ[-1] / CLOCKS_MHZ[clock_index]
+        seconds = (
+            0.015
+            + 0.00002 * kv_blocks
+            + (0.004 + 0.0002 * batch + 0.0001 * prefill_tokens) * stretch
+        )
+        return np.where(batch > 0, seconds, 0.0)
+
+
+MODEL = AnalyticTimes()
+
+
+@st.composite
+def requests(draw, count: int, running: bool, now_s: float = 10.0) -> Requests:
+    """Requests whose SLOs are sometimes loose, sometimes tight: a mix of feasible boards."""
+    rows = []
+    for _ in range(count):
+        remaining = draw(st.integers(1, 300))
+        rows.append({
+            "arrival_s": now_s - draw(st.floats(0, 2)),
+            "prompt_tokens": draw(st.integers(1, 600)),
+            "generated_tokens": draw(st.integers(0, 300)) if running else 0,
+            "remaining_tokens": remaining,
+            "ttft_slo_s": draw(st.sampled_from([2.0, 10.0, 30.0, 60.0])),
+            "tbt_slo_s": draw(st.sampled_from([0.05, 0.1, 0.2, 0.5])),
+            # a deadline of 30 to 300 ms per remaining token, plus up to 10 s
+            "e2e_deadline_s": now_s + remaining * draw(st.floats(0.03, 0.3)) + draw(st.floats(0, 10)),
+        })  # fmt: skip
+    return Requests.of(**{key: [row[key] for row in rows] for key in Requests.__dataclass_fields__})
+
+
+@st.composite
+def boards(draw) -> Board:
+    running = draw(st.integers(0, 16))
+    queued = draw(st.integers(0, 8))
+    return Board(
+        now_s=10.0,
+        running=draw(requests(running, True)),
+        queued=draw(requests(queued, False)),
+        max_batch=draw(st.integers(max(1, running), running + 8)),
+        kv_capacity_blocks=draw(st.integers(200, 5000)),
+        tokens_per_block=draw(st.sampled_from([16, 64])),
+    )
+
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(boards(), st.integers(1, 700))
+def test_the_projection_matches_the_per_iteration_reference_exactly(board: Board, horizon: int):
+    fast, reference = project(board, horizon), project_reference(board, horizon)
+    assert np.array_equal(fast.batch, reference.batch)
+    assert np.array_equal(fast.kv_blocks, reference.kv_blocks)
+    assert np.array_equal(fast.prefill_tokens, reference.prefill_tokens)
+    started = reference.start >= 0
+    assert np.array_equal(fast.start[started], reference.start[started])
+    assert np.array_equal(fast.end[started], reference.end[started])
+
+
+@FAST
+@given(boards())
+def test_the_lowest_frequency_is_feasible_and_the_next_lower_is_not(board: Board):
+    decision = lowest_frequency(board, MODEL)
+    if decision.lost:
+        assert decision.clock_index == len(CLOCKS_MHZ) - 1
+        assert not check(board, MODEL, decision.clock_index).feasible
+        return
+    assert check(board, MODEL, decision.clock_index).feasible
+    if decision.clock_index > 0:
+        assert not check(board, MODEL, decision.clock_index - 1).feasible
+
+
+@FAST
+@given(boards(), requests(1, False))
+def test_admitting_never_makes_an_admitted_request_miss_at_the_highest_clock(
+    board: Board, new: Requests
+):
+    top = len(CLOCKS_MHZ) - 1
+    decision = admit(board, new, MODEL)
+    if not decision.admit:
+        return
+    before = check(board, MODEL, top).worst_miss_s
+    after = check(board.with_queued(new), MODEL, top).worst_miss_s
+    assert np.all(after[:-1] <= np.maximum(before, 0) + 1e-9)
+    assert after[-1] <= 1e-9
+
+
+def simple_board(**overrides) -> Board:
+    running = Requests.of(
+        arrival_s=[9.0] * 4, prompt_tokens=[100] * 4, generated_tokens=[10] * 4,
+        remaining_tokens=[50, 60, 70, 80], ttft_slo_s=[1.0] * 4, tbt_slo_s=[0.2] * 4,
+        e2e_deadline_s=[40.0] * 4,
+    )  # fmt: skip
+    fields = {
+        "now_s": 10.0,
+        "running": running,
+        "queued": Requests(),
+        "max_batch": 8,
+        "kv_capacity_blocks": 1000,
+    }
+    return Board(**{**fields, **overrides})
+
+
+def test_loose_slos_allow_a_low_clock_and_tight_ones_force_the_highest():
+    loose = lowest_frequency(simple_board(), MODEL)
+    assert loose.clock_mhz < 1410 and not loose.lost
+    tight = simple_board(
+        running=Requests.of(**{**simple_board().running.__dict__, "tbt_slo_s": [0.01] * 4})
+    )
+    decision = lowest_frequency(tight, MODEL)
+    assert decision.lost and decision.clock_mhz == 1410
+
+
+def test_check_says_who_misses_what_and_by_how_much():
+    board = simple_board()
+    running = board.running
+    late = Requests.of(**{**running.__dict__, "e2e_deadline_s": [40.0, 40.0, 10.5, 40.0]})
+    result = check(simple_board(running=late), MODEL, 0)
+    assert list(result.missing) == [2]
+    assert result.e2e_miss_s[2] > 0
+    assert result.kv_overflow_blocks == 0
+
+
+def test_kv_overflow_is_reported_with_its_iteration():
+    result = check(simple_board(kv_capacity_blocks=5), MODEL, len(CLOCKS_MHZ) - 1)
+    assert result.kv_overflow_blocks > 0
+    assert result.kv_overflow_iteration is not None
+    assert not result.feasible
+
+
+def test_a_request_that_cannot_meet_its_ttft_waits():
+    hopeless = Requests.of(
+        arrival_s=[10.0], prompt_tokens=[100], generated_tokens=[0], remaining_tokens=[20],
+        ttft_slo_s=[0.001], tbt_slo_s=[0.2], e2e_deadline_s=[40.0],
+    )  # fmt: skip
+    decision = admit(simple_board(), hopeless, MODEL)
+    assert not decision.admit
+    assert "its own SLO" in decision.reason
