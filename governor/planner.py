@@ -9,6 +9,7 @@ SLO; every request finishes by its end-to-end deadline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,9 +25,12 @@ TOLERANCE_S = 1e-9
 class IterationTimes(Protocol):
     clocks_mhz: np.ndarray  # ascending
 
-    def seconds(
-        self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray, clock_index: int
-    ) -> np.ndarray: ...
+    def prepare(
+        self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray
+    ) -> Callable[[int | np.ndarray], np.ndarray]:
+        """Bind a projection; the result maps a clock index to seconds per iteration.
+        What does not depend on the clock is done once, here."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,21 @@ class _Timeline:
         self.tbt_slo_s = requests.tbt_slo_s
         self.e2e_deadline_s = requests.e2e_deadline_s
         self.tightest_tbt_s = self._tightest_tbt()
+        self._tightest_tbt_tolerant = self.tightest_tbt_s + TOLERANCE_S
+        self._ttft_tolerant = self.ttft_deadline_s + TOLERANCE_S
+        self._e2e_tolerant = self.e2e_deadline_s + TOLERANCE_S
+        last = p.horizon - 1
+        self._start_inside, self._start_beyond = (
+            np.minimum(p.start, last),
+            np.maximum(p.start - last, 0),
+        )
+        self._end_inside, self._end_beyond = (
+            np.minimum(p.end - 1, last),
+            np.maximum(p.end - 1 - last, 0),
+        )
+        self._prepared: tuple[IterationTimes, Callable[[int | np.ndarray], np.ndarray]] | None = (
+            None
+        )
 
     def _tightest_tbt(self) -> np.ndarray:
         """Per iteration, the smallest TBT SLO among the requests it serves."""
@@ -89,17 +108,22 @@ class _Timeline:
         hi = np.minimum(self.projection.end, horizon)
         for slo in np.unique(self.tbt_slo_s):
             mine = self.tbt_slo_s == slo
-            delta = np.zeros(horizon + 1, dtype=np.int64)
-            np.add.at(delta, lo[mine], 1)
-            np.add.at(delta, hi[mine], -1)
-            covered = np.cumsum(delta)[:horizon] > 0
+            delta = np.bincount(lo[mine], minlength=horizon + 1) - np.bincount(
+                hi[mine], minlength=horizon + 1
+            )
+            covered = np.cumsum(delta[:horizon]) > 0
             tightest[covered] = np.minimum(tightest[covered], slo)
         return tightest
 
-    def times(self, model: IterationTimes, clock_index: int) -> tuple[np.ndarray, np.ndarray]:
-        p = self.projection
-        seconds = model.seconds(p.batch, p.kv_blocks, p.prefill_tokens, clock_index)
-        return seconds, self.board.now_s + np.cumsum(seconds)
+    def times(
+        self, model: IterationTimes, clock_index: int | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Seconds per iteration and when each ends: (H,) for one clock, (k, H) for k."""
+        if self._prepared is None or self._prepared[0] is not model:
+            p = self.projection
+            self._prepared = (model, model.prepare(p.batch, p.kv_blocks, p.prefill_tokens))
+        seconds = self._prepared[1](clock_index)
+        return seconds, self.board.now_s + np.cumsum(seconds, axis=-1)
 
     def token_times(
         self, seconds: np.ndarray, done_s: np.ndarray, iterations: np.ndarray
@@ -114,14 +138,14 @@ class _Timeline:
         if self.kv_overflow_blocks:
             return False
         seconds, done_s = self.times(model, clock_index)
-        if np.any(seconds > self.tightest_tbt_s + TOLERANCE_S):
+        if np.any(seconds > self._tightest_tbt_tolerant):
             return False
-        p = self.projection
-        first_s = self.token_times(seconds, done_s, p.start)
-        if np.any(first_s > self.ttft_deadline_s + TOLERANCE_S):
+        last = seconds[-1]
+        first_s = done_s[self._start_inside] + self._start_beyond * last
+        if np.any(first_s > self._ttft_tolerant):
             return False
-        last_s = self.token_times(seconds, done_s, p.end - 1)
-        return not np.any(last_s > self.e2e_deadline_s + TOLERANCE_S)
+        last_s = done_s[self._end_inside] + self._end_beyond * last
+        return not np.any(last_s > self._e2e_tolerant)
 
     def check(self, model: IterationTimes, clock_index: int) -> CheckResult:
         seconds, done_s = self.times(model, clock_index)
@@ -177,7 +201,8 @@ class FrequencyDecision:
 def lowest_frequency(
     board: Board, model: IterationTimes, horizon: int = DEFAULT_HORIZON
 ) -> FrequencyDecision:
-    """Binary search over the clocks for the lowest at which the board is feasible."""
+    """Binary search over the clocks for the lowest at which the board is feasible
+    (feasibility is monotone in the clock: a faster clock never makes an iteration slower)."""
     timeline = _Timeline(board, horizon)
     top = len(model.clocks_mhz) - 1
     if not timeline.feasible(model, top):
@@ -205,15 +230,18 @@ def admit(
     """Admit `request` (one queued row) if, at the highest clock, it keeps its own promises
     and nobody already admitted misses anything it was not already missing."""
     top = len(model.clocks_mhz) - 1
-    before = _Timeline(board, horizon).check(model, top)
-    after = _Timeline(board.with_queued(request), horizon).check(model, top)
-    if after.kv_overflow_blocks > before.kv_overflow_blocks:
-        return AdmitDecision(False, "the KV cache would overflow", after)
+    candidate = _Timeline(board.with_queued(request), horizon)
+    after = candidate.check(model, top)
+    if after.feasible:  # the common case: nobody misses anything, so nobody is hurt
+        return AdmitDecision(True, "every promise holds", after)
     worst = after.worst_miss_s
     if worst[-1] > TOLERANCE_S:
         return AdmitDecision(
             False, f"it would miss its own SLO by {worst[-1] * 1000:.1f} ms", after
         )
+    before = _Timeline(board, horizon).check(model, top)
+    if after.kv_overflow_blocks > before.kv_overflow_blocks:
+        return AdmitDecision(False, "the KV cache would overflow", after)
     allowed = np.maximum(before.worst_miss_s, 0.0) + TOLERANCE_S
     hurt = np.nonzero(worst[:-1] > allowed)[0]
     if len(hurt):

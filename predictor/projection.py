@@ -51,9 +51,11 @@ def project(board: Board, horizon: int) -> Projection:
     end = start + duration
     block = board.tokens_per_block
 
-    batch_delta = np.zeros(horizon + 1, dtype=np.int64)
-    np.add.at(batch_delta, np.minimum(start, horizon), 1)
-    np.add.at(batch_delta, np.minimum(end, horizon), -1)
+    size = horizon + 1
+    clipped_start, clipped_end = np.minimum(start, horizon), np.minimum(end, horizon)
+    batch_delta = np.bincount(clipped_start, minlength=size) - np.bincount(
+        clipped_end, minlength=size
+    )
 
     # Blocks: ceil((context + k + 1) / block) after a request's k-th iteration. It holds
     # its first blocks from its start, gains one each time its context passes a block
@@ -63,24 +65,32 @@ def project(board: Board, horizon: int) -> Projection:
     first_gain = (-context) % block
     first_gain[first_gain == 0] = block
     gains = np.where(first_gain <= duration - 1, (duration - 1 - first_gain) // block + 1, 0)
-    group_offsets = np.repeat(np.cumsum(gains) - gains, gains)
-    gain_times = np.repeat(start + first_gain, gains) + block * (
-        np.arange(int(gains.sum())) - group_offsets
+    # A request gains its blocks every `block` iterations from `first_gain_at` on, so the
+    # gains of all requests are a difference array summed with stride `block`.
+    first_gain_at = start + first_gain
+    gaining = gains > 0
+    rows = -(-(size + block) // block) + 1
+    strided = np.zeros(rows * block, dtype=np.int64)
+    strided += np.bincount(
+        np.minimum(first_gain_at[gaining], rows * block - 1), minlength=rows * block
     )
-    block_delta = np.bincount(gain_times[gain_times < horizon], minlength=horizon + 1)[
-        : horizon + 1
-    ]
-    block_delta = block_delta.astype(np.int64)
-    np.add.at(block_delta, np.minimum(start, horizon), first_blocks)
-    np.add.at(block_delta, np.minimum(end, horizon), -last_blocks)
+    stops = np.minimum(first_gain_at[gaining] + block * gains[gaining], rows * block - 1)
+    strided -= np.bincount(stops, minlength=rows * block)
+    gained = np.cumsum(strided.reshape(rows, block), axis=0).reshape(-1)[:size]
+    block_delta = (
+        gained
+        + np.bincount(clipped_start, weights=first_blocks, minlength=size)
+        - np.bincount(clipped_end, weights=last_blocks, minlength=size)
+    ).astype(np.int64)
 
-    prefill = np.zeros(horizon + 1, dtype=np.int64)
-    queued_start = start[len(board.running) :]
-    np.add.at(prefill, np.minimum(queued_start, horizon), board.queued.prompt_tokens)
+    queued_start = clipped_start[len(board.running) :]
+    prefill = np.bincount(queued_start, weights=board.queued.prompt_tokens, minlength=size).astype(
+        np.int64
+    )
 
     return Projection(
-        batch=np.cumsum(batch_delta)[:horizon],
-        kv_blocks=np.cumsum(block_delta)[:horizon],
+        batch=np.cumsum(batch_delta[:horizon]),
+        kv_blocks=np.cumsum(block_delta[:horizon]),
         prefill_tokens=prefill[:horizon],
         start=start,
         end=end,

@@ -8,7 +8,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from throttllem.cli_predictors import add_predictor_bench, add_profile_command, add_train_command
+from throttllem.cli_predictors import (
+    add_planner_bench,
+    add_predictor_bench,
+    add_profile_command,
+    add_train_command,
+)
 
 NOT_IMPLEMENTED_EXIT_CODE = 2
 
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     twin_bench.add_argument("--profile", default=None, help="twin profile of the replay")
     twin_bench.set_defaults(handler=_bench_twin)
     add_predictor_bench(benches)
+    add_planner_bench(benches)
     add_profile_command(commands)
     add_train_command(commands)
 

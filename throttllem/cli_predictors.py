@@ -199,3 +199,23 @@ def _bench_predictor(args: argparse.Namespace) -> int:
         print(f"throttllem bench predictor: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_planner_bench(benches: Subparsers) -> None:
+    bench = benches.add_parser(
+        "planner", help="admission and lowest-frequency latency, and the reference's",
+        description="Time admit() and lowest_frequency() with 256 running and 64 queued requests, "
+        "a 4,096-iteration horizon and 81 clocks, next to the plain reference implementation; "
+        "then show the online correction fixing a 10 %-optimistic model on the twin. Pin it to "
+        "one core with taskset for the one-core figure.",
+    )  # fmt: skip
+    bench.add_argument("--json", type=Path, default=None, help="write the report here")
+    bench.add_argument("--repeats", type=int, default=300, help="timed decisions of each kind")
+    bench.set_defaults(handler=_bench_planner)
+
+
+def _bench_planner(args: argparse.Namespace) -> int:
+    from governor.bench import bench_planner
+
+    bench_planner(args.json, repeats=args.repeats)
+    return 0

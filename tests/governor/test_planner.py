@@ -18,14 +18,13 @@ class AnalyticTimes:
 
     clocks_mhz = CLOCKS_MHZ
 
-    def seconds(self, batch, kv_blocks, prefill_tokens, clock_index):
-        stretch = CLOCKS_MHZ[-1] / CLOCKS_MHZ[clock_index]
-        seconds = (
-            0.015
-            + 0.00002 * kv_blocks
-            + (0.004 + 0.0002 * batch + 0.0001 * prefill_tokens) * stretch
-        )
-        return np.where(batch > 0, seconds, 0.0)
+    def prepare(self, batch, kv_blocks, prefill_tokens):
+        def seconds(clock_index):
+            stretch = np.asarray(CLOCKS_MHZ[-1] / CLOCKS_MHZ[clock_index])[..., None]
+            per_sequence = (0.004 + 0.0002 * batch + 0.0001 * prefill_tokens) * stretch
+            return np.where(batch > 0, 0.015 + 0.00002 * kv_blocks + per_sequence, 0.0)
+
+        return seconds
 
 
 MODEL = AnalyticTimes()
@@ -158,3 +157,18 @@ def test_a_request_that_cannot_meet_its_ttft_waits():
     decision = admit(simple_board(), hopeless, MODEL)
     assert not decision.admit
     assert "its own SLO" in decision.reason
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(boards(), st.integers(0, len(CLOCKS_MHZ) - 1))
+def test_check_agrees_with_the_plain_reference(board: Board, clock_index: int):
+    from governor.planner import _Timeline
+    from governor.reference import check_reference
+
+    timeline = _Timeline(board, 4096)
+    fast = timeline.check(MODEL, clock_index)
+    slow = check_reference(board, MODEL, clock_index, timeline.projection.horizon)
+    assert fast.kv_overflow_blocks == slow.kv_overflow_blocks
+    for name in ("ttft_miss_s", "tbt_miss_s", "e2e_miss_s"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-9)
+    assert fast.feasible == slow.feasible == timeline.feasible(MODEL, clock_index)

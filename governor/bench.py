@@ -1,0 +1,120 @@
+"""`throttllem bench planner`: decision latency at the issue's scale, against the reference.
+
+256 running requests, 64 queued, a horizon of 4,096 iterations, 81 clocks (the A100's),
+iteration times from the shipped performance table. Run it pinned to one core
+(`taskset -c 0`) for the one-core figure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from governor.iteration_times import TableIterationTimes
+from governor.planner import admit, lowest_frequency
+from governor.reference import admit_reference, lowest_frequency_reference
+from predictor.board import Board, Requests
+from predictor.performance import PerformanceModel, PerformanceTable
+from predictor.shipped import performance_model_path
+
+RUNNING, QUEUED, HORIZON = 256, 64, 4096
+BENCH_PROFILE = "a100-40gb/llama-3-70b/tp8"
+
+
+def bench_board(rng: np.random.Generator, now_s: float = 100.0) -> Board:
+    def requests(count: int, running: bool, longest: int) -> Requests:
+        remaining = rng.integers(1, longest, count)
+        return Requests.of(
+            arrival_s=now_s - rng.uniform(0, 5, count),
+            prompt_tokens=rng.integers(50, 2000, count),
+            generated_tokens=rng.integers(0, 500, count) if running else np.zeros(count),
+            remaining_tokens=remaining,
+            ttft_slo_s=np.full(count, 60.0),
+            tbt_slo_s=np.full(count, 0.2),
+            e2e_deadline_s=now_s + remaining * rng.uniform(0.06, 0.12, count) + 30,
+        )
+
+    return Board(now_s, requests(RUNNING, True, HORIZON), requests(QUEUED, False, 1000),
+                 max_batch=RUNNING, kv_capacity_blocks=1_000_000)  # fmt: skip
+
+
+def _timings_ms(action: Callable[[], object], repeats: int) -> np.ndarray:
+    action()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        timings.append((time.perf_counter() - started) * 1000)
+    return np.array(timings)
+
+
+def _summary(timings: np.ndarray) -> dict[str, float]:
+    return {"p50": float(np.percentile(timings, 50)), "p99": float(np.percentile(timings, 99))}
+
+
+def bench_planner(
+    json_path: Path | None, repeats: int = 200, reference_repeats: int = 2
+) -> dict[str, Any]:
+    table = PerformanceTable.from_model(
+        PerformanceModel(performance_model_path(BENCH_PROFILE)), 128
+    )
+    model = TableIterationTimes(table, prefill_s_per_token=2.5e-5)
+    rng = np.random.default_rng(0)
+    boards = [bench_board(rng) for _ in range(8)]
+    news = [bench_board(rng).queued for _ in range(8)]
+    new_rows = [Requests(**{k: v[:1] for k, v in n.__dict__.items()}) for n in news]
+    picks = iter(range(10**9))
+
+    def next_admit() -> object:
+        i = next(picks) % len(boards)
+        return admit(boards[i], new_rows[i], model, HORIZON)
+
+    def next_lowest() -> object:
+        return lowest_frequency(boards[next(picks) % len(boards)], model, HORIZON)
+
+    decisions = [lowest_frequency(b, model, HORIZON) for b in boards]
+    report: dict[str, Any] = {
+        "setting": {"running": RUNNING, "queued": QUEUED, "horizon": HORIZON, "clocks": len(table.clocks_mhz),
+                    "performance_model": BENCH_PROFILE},
+        "admit_ms": _summary(_timings_ms(next_admit, repeats)),
+        "lowest_frequency_ms": _summary(_timings_ms(next_lowest, repeats)),
+        "chosen_clocks_mhz": [d.clock_mhz for d in decisions],
+    }  # fmt: skip
+    reference_admit = _timings_ms(
+        lambda: admit_reference(boards[0], new_rows[0], model, HORIZON), reference_repeats
+    )
+    reference_lowest = _timings_ms(lambda: lowest_frequency_reference(boards[0], model, HORIZON), 1)
+    report["reference_ms"] = {
+        "admit": _summary(reference_admit),
+        "lowest_frequency": _summary(reference_lowest),
+        "agrees": bool(
+            lowest_frequency_reference(boards[0], model, HORIZON) == decisions[0].clock_index
+            and admit_reference(boards[0], new_rows[0], model, HORIZON) == admit(boards[0], new_rows[0], model, HORIZON).admit
+        ),
+    }  # fmt: skip
+    _print(report)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    s = report["setting"]
+    print(
+        f"planner: {s['running']} running, {s['queued']} queued, horizon {s['horizon']}, {s['clocks']} clocks"
+    )
+    print(f"  {'decision':<20} {'p50 ms':>10} {'p99 ms':>10} {'reference ms':>14}   target p99")
+    ref = report["reference_ms"]
+    for name, key in (("admit", "admit_ms"), ("lowest frequency", "lowest_frequency_ms")):
+        ref_key = "admit" if key == "admit_ms" else "lowest_frequency"
+        print(
+            f"  {name:<20} {report[key]['p50']:>10.3f} {report[key]['p99']:>10.3f} {ref[ref_key]['p50']:>14.1f}   <= 1 ms"
+        )
+    print(
+        f"  reference agrees on board 0: {ref['agrees']}; chosen clocks: {report['chosen_clocks_mhz']}"
+    )

@@ -1,0 +1,83 @@
+"""The planner's decisions computed the plain way, one iteration and one request at a time.
+
+Slow on purpose: it is the specification `governor.planner` is tested and timed against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from governor.planner import CheckResult, IterationTimes
+from predictor.board import Board, Requests
+from predictor.projection import project_reference
+
+
+def check_reference(
+    board: Board, model: IterationTimes, clock_index: int, horizon: int
+) -> CheckResult:
+    projection = project_reference(board, horizon)
+    requests = board.running.append(board.queued)
+    running = len(board.running)
+    done_s, now_s = [], board.now_s
+    for t in range(horizon):
+        batch = np.array([projection.batch[t]])
+        kv, prefill = np.array([projection.kv_blocks[t]]), np.array([projection.prefill_tokens[t]])
+        seconds = float(model.prepare(batch, kv, prefill)(clock_index)[0])
+        now_s += seconds
+        done_s.append((seconds, now_s))
+    overflow = max(0, max(int(kv) - board.kv_capacity_blocks for kv in projection.kv_blocks))
+    ttft, tbt, e2e = [], [], []
+    for index in range(len(requests)):
+        start, end = int(projection.start[index]), int(projection.end[index])
+        first_s = _ends_at(done_s, start)
+        last_s = _ends_at(done_s, end - 1)
+        queued = index >= running
+        ttft.append(
+            first_s - (requests.arrival_s[index] + requests.ttft_slo_s[index])
+            if queued
+            else -np.inf
+        )
+        longest = max(
+            (done_s[t][0] for t in range(start + int(queued), min(end, horizon))), default=0.0
+        )
+        tbt.append(longest - requests.tbt_slo_s[index] if longest > 0 else -np.inf)
+        e2e.append(last_s - requests.e2e_deadline_s[index])
+    first_over = next(
+        (
+            t
+            for t, kv in enumerate(projection.kv_blocks)
+            if kv - board.kv_capacity_blocks == overflow
+        ),
+        None,
+    )
+    return CheckResult(
+        clock_index,
+        overflow,
+        first_over if overflow else None,
+        np.array(ttft),
+        np.array(tbt),
+        np.array(e2e),
+    )
+
+
+def _ends_at(done_s: list[tuple[float, float]], iteration: int) -> float:
+    if iteration < len(done_s):
+        return done_s[iteration][1]
+    return done_s[-1][1] + (iteration - (len(done_s) - 1)) * done_s[-1][0]
+
+
+def lowest_frequency_reference(board: Board, model: IterationTimes, horizon: int) -> int:
+    clocks = len(model.clocks_mhz)
+    for index in range(clocks):  # every clock, lowest first
+        if check_reference(board, model, index, horizon).feasible:
+            return index
+    return clocks - 1
+
+
+def admit_reference(board: Board, request: Requests, model: IterationTimes, horizon: int) -> bool:
+    top = len(model.clocks_mhz) - 1
+    before = check_reference(board, model, top, horizon)
+    after = check_reference(board.with_queued(request), model, top, horizon)
+    if after.kv_overflow_blocks > before.kv_overflow_blocks or after.worst_miss_s[-1] > 1e-9:
+        return False
+    return bool(np.all(after.worst_miss_s[:-1] <= np.maximum(before.worst_miss_s, 0) + 1e-9))
