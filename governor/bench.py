@@ -97,10 +97,26 @@ def bench_planner(
             and admit_reference(boards[0], new_rows[0], model, HORIZON) == admit(boards[0], new_rows[0], model, HORIZON).admit
         ),
     }  # fmt: skip
+    report["online_correction"] = _correction_runs()
     _print(report)
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _correction_runs() -> dict[str, Any]:
+    """The twin with a 10 %-optimistic model: TBT misses per second, without and with
+    the online correction (virtual time; see throttllem.correction_demo)."""
+    from throttllem.correction_demo import (
+        run,
+    )  # the twin: a benchmark's business, not the planner's
+
+    runs = {"uncorrected": run(correct=False), "corrected": run(correct=True)}
+    return {
+        name: [{"second": r.second, "decode_iterations": r.iterations, "tbt_misses": r.tbt_misses,
+                "mean_clock_mhz": round(r.mean_clock_mhz)} for r in rows]
+        for name, rows in runs.items()
+    }  # fmt: skip
 
 
 def _print(report: dict[str, Any]) -> None:

@@ -86,5 +86,10 @@ class SimulatedGpu:
             self._accounted_until_s = end_s
 
     def _schedule(self, clock_mhz: int, now_s: float) -> None:
-        self.clock_mhz(now_s)
+        """Start a switch, unless the clock asked for is already in force or on its way
+        (setting the same locked clock again is a no-op, as with NVML)."""
+        current = self.clock_mhz(now_s)
+        target = self._pending[1] if self._pending is not None else current
+        if clock_mhz == target:
+            return
         self._pending = (now_s + self.spec.clock_switch_latency_s, clock_mhz)

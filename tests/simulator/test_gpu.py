@@ -72,3 +72,12 @@ def test_a_lower_clock_draws_less_power_under_the_same_load():
     fast.busy_until(1.0, sm_share=0.5)
     slow.busy_until(1.0, sm_share=0.5)
     assert slow.power_w() < fast.power_w() <= A100.gpu.tdp_w
+
+
+def test_asking_again_for_the_clock_on_its_way_does_not_restart_the_switch():
+    gpu = make_gpu()
+    gpu.lock_clock(1050, now_s=0.0)
+    gpu.lock_clock(1050, now_s=0.15)
+    assert gpu.clock_mhz(0.2) == 1050
+    gpu.lock_clock(1050, now_s=0.3)  # already in force: nothing happens
+    assert gpu.clock_mhz(0.31) == 1050
