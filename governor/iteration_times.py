@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from governor.correction import OnlineCorrection
+from governor.planner import PreparedTimes
 from predictor.performance import PerformanceTable
 
 
@@ -34,30 +33,35 @@ class TableIterationTimes:
 
     def prepare(
         self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray
-    ) -> Callable[[int | np.ndarray], np.ndarray]:
+    ) -> PreparedTimes:
         batch_index = np.clip(batch - 1, 0, self.table.grid.max_batch - 1)
         kv_index = np.clip(kv_blocks // self.table.kv_bucket_blocks, 0, self._buckets - 1)
         columns = batch_index * self._buckets + kv_index
         scale = (batch > 0).astype(np.float64)
         if self.correction is not None:
             scale *= self.correction.factors(batch)
-        prefill_at = np.nonzero(prefill_tokens)[0]
-        prefill_tokens_at = prefill_tokens[prefill_at].astype(np.float64)
-        by_clock = self._seconds_by_clock
-        prefill_s = self._prefill_s
+        changes = (
+            (columns[1:] != columns[:-1])
+            | (scale[1:] != scale[:-1])
+            | (prefill_tokens[1:] != prefill_tokens[:-1])
+        )
+        starts = np.flatnonzero(np.concatenate(([True], changes)))
+        run_columns, run_scale = columns[starts], scale[starts]
+        run_prefill = prefill_tokens[starts].astype(np.float64)
+        by_clock, prefill_s = self._seconds_by_clock, self._prefill_s
 
-        def seconds(clock_index: int | np.ndarray) -> np.ndarray:
-            if np.ndim(clock_index):
-                result = by_clock[np.asarray(clock_index)[:, None], columns]
-            else:
-                result = by_clock[clock_index][columns]
-            result *= scale
-            result[..., prefill_at] += np.multiply.outer(prefill_s[clock_index], prefill_tokens_at)
-            return result
+        def run_seconds(clock_index: int) -> np.ndarray:
+            return (
+                by_clock[clock_index][run_columns] * run_scale
+                + run_prefill * prefill_s[clock_index]
+            )
 
-        return seconds
+        return PreparedTimes(starts, run_seconds)
 
     def seconds(
         self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray, clock_index: int
     ) -> np.ndarray:
-        return self.prepare(batch, kv_blocks, prefill_tokens)(clock_index)
+        """Seconds of each iteration at one clock (convenience; the planner uses prepare)."""
+        prepared = self.prepare(batch, kv_blocks, prefill_tokens)
+        lengths = np.diff(np.append(prepared.run_starts, len(batch)))
+        return np.repeat(prepared.run_seconds(clock_index), lengths)

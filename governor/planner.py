@@ -22,15 +22,39 @@ DEFAULT_HORIZON = 4096
 TOLERANCE_S = 1e-9
 
 
+@dataclass(frozen=True)
+class PreparedTimes:
+    """A projection bound to a model: iterations grouped into runs whose time is the same
+    (same batch, same KV bucket, no prefill), and each run's seconds per iteration at a
+    clock. The planner's per-clock work then scales with the runs, not the horizon."""
+
+    run_starts: np.ndarray  # first iteration of each run, ascending, starting at 0
+    run_seconds: Callable[[int], np.ndarray]
+
+
 class IterationTimes(Protocol):
     clocks_mhz: np.ndarray  # ascending
 
     def prepare(
         self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray
-    ) -> Callable[[int | np.ndarray], np.ndarray]:
-        """Bind a projection; the result maps a clock index to seconds per iteration.
-        What does not depend on the clock is done once, here."""
+    ) -> PreparedTimes:
+        """Bind a projection; what does not depend on the clock is done once, here."""
         ...
+
+
+class _Runs:
+    """The timeline's runs, and where each request's first and last token fall in them."""
+
+    def __init__(self, prepared: PreparedTimes, horizon: int, tightest_tbt_s: np.ndarray,
+                 first: np.ndarray, last: np.ndarray) -> None:  # fmt: skip
+        self.seconds = prepared.run_seconds
+        self.lengths = np.diff(np.append(prepared.run_starts, horizon))
+        self.tightest_tbt_s = np.minimum.reduceat(tightest_tbt_s, prepared.run_starts) + TOLERANCE_S
+        run_end = prepared.run_starts + self.lengths  # exclusive
+        self.first_run = np.searchsorted(prepared.run_starts, first, side="right") - 1
+        self.first_back = run_end[self.first_run] - 1 - first
+        self.last_run = np.searchsorted(prepared.run_starts, last, side="right") - 1
+        self.last_back = run_end[self.last_run] - 1 - last
 
 
 @dataclass(frozen=True)
@@ -73,18 +97,13 @@ class _Timeline:
         self.kv_overflow_blocks = int(max(0, overflow.max(initial=0)))
         self.kv_overflow_iteration = int(np.argmax(overflow)) if self.kv_overflow_blocks else None
         # A queued request's first iteration (its prefill) counts for TTFT, not TBT.
-        self.tbt_from = (
-            p.start
-            + np.r_[
-                np.zeros(self.running, dtype=np.int64), np.ones(len(board.queued), dtype=np.int64)
-            ]
-        )
+        self.tbt_from = p.start.copy()
+        self.tbt_from[self.running :] += 1
         self.ttft_deadline_s = requests.arrival_s + requests.ttft_slo_s
         self.ttft_deadline_s[: self.running] = np.inf  # running requests have had their first token
         self.tbt_slo_s = requests.tbt_slo_s
         self.e2e_deadline_s = requests.e2e_deadline_s
         self.tightest_tbt_s = self._tightest_tbt()
-        self._tightest_tbt_tolerant = self.tightest_tbt_s + TOLERANCE_S
         self._ttft_tolerant = self.ttft_deadline_s + TOLERANCE_S
         self._e2e_tolerant = self.e2e_deadline_s + TOLERANCE_S
         last = p.horizon - 1
@@ -96,9 +115,7 @@ class _Timeline:
             np.minimum(p.end - 1, last),
             np.maximum(p.end - 1 - last, 0),
         )
-        self._prepared: tuple[IterationTimes, Callable[[int | np.ndarray], np.ndarray]] | None = (
-            None
-        )
+        self._runs: tuple[IterationTimes, _Runs] | None = None
 
     def _tightest_tbt(self) -> np.ndarray:
         """Per iteration, the smallest TBT SLO among the requests it serves."""
@@ -115,15 +132,21 @@ class _Timeline:
             tightest[covered] = np.minimum(tightest[covered], slo)
         return tightest
 
-    def times(
-        self, model: IterationTimes, clock_index: int | np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Seconds per iteration and when each ends: (H,) for one clock, (k, H) for k."""
-        if self._prepared is None or self._prepared[0] is not model:
+    def _runs_for(self, model: IterationTimes) -> _Runs:
+        if self._runs is None or self._runs[0] is not model:
             p = self.projection
-            self._prepared = (model, model.prepare(p.batch, p.kv_blocks, p.prefill_tokens))
-        seconds = self._prepared[1](clock_index)
-        return seconds, self.board.now_s + np.cumsum(seconds, axis=-1)
+            prepared = model.prepare(p.batch, p.kv_blocks, p.prefill_tokens)
+            runs = _Runs(
+                prepared, p.horizon, self.tightest_tbt_s, self._start_inside, self._end_inside
+            )
+            self._runs = (model, runs)
+        return self._runs[1]
+
+    def times(self, model: IterationTimes, clock_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Seconds of each iteration, and when each ends."""
+        runs = self._runs_for(model)
+        seconds = np.repeat(runs.seconds(clock_index), runs.lengths)
+        return seconds, self.board.now_s + np.cumsum(seconds)
 
     def token_times(
         self, seconds: np.ndarray, done_s: np.ndarray, iterations: np.ndarray
@@ -135,17 +158,24 @@ class _Timeline:
         return done_s[inside] + beyond * seconds[-1]
 
     def feasible(self, model: IterationTimes, clock_index: int) -> bool:
+        """The same verdict as `check(...).feasible`, computed per run of equal iterations."""
         if self.kv_overflow_blocks:
             return False
-        seconds, done_s = self.times(model, clock_index)
-        if np.any(seconds > self._tightest_tbt_tolerant):
+        runs = self._runs_for(model)
+        seconds = runs.seconds(clock_index)
+        if (seconds > runs.tightest_tbt_s).any():
             return False
+        run_done_s = self.board.now_s + np.cumsum(seconds * runs.lengths)
         last = seconds[-1]
-        first_s = done_s[self._start_inside] + self._start_beyond * last
-        if np.any(first_s > self._ttft_tolerant):
+        queued = slice(self.running, None)  # running requests have had their first token
+        first_run = runs.first_run[queued]
+        first_s = (run_done_s[first_run] - runs.first_back[queued] * seconds[first_run]
+                   + self._start_beyond[queued] * last)  # fmt: skip
+        if (first_s > self._ttft_tolerant[queued]).any():
             return False
-        last_s = done_s[self._end_inside] + self._end_beyond * last
-        return not np.any(last_s > self._e2e_tolerant)
+        last_s = (run_done_s[runs.last_run] - runs.last_back * seconds[runs.last_run]
+                  + self._end_beyond * last)  # fmt: skip
+        return not (last_s > self._e2e_tolerant).any()
 
     def check(self, model: IterationTimes, clock_index: int) -> CheckResult:
         seconds, done_s = self.times(model, clock_index)
@@ -221,7 +251,7 @@ def lowest_frequency(
 class AdmitDecision:
     admit: bool
     reason: str
-    with_request: CheckResult
+    with_request: CheckResult | None  # who would miss what; None when nobody would
 
 
 def admit(
@@ -231,9 +261,9 @@ def admit(
     and nobody already admitted misses anything it was not already missing."""
     top = len(model.clocks_mhz) - 1
     candidate = _Timeline(board.with_queued(request), horizon)
+    if candidate.feasible(model, top):  # the common case: nobody misses, so nobody is hurt
+        return AdmitDecision(True, "every promise holds", None)
     after = candidate.check(model, top)
-    if after.feasible:  # the common case: nobody misses anything, so nobody is hurt
-        return AdmitDecision(True, "every promise holds", after)
     worst = after.worst_miss_s
     if worst[-1] > TOLERANCE_S:
         return AdmitDecision(

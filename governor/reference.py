@@ -22,7 +22,7 @@ def check_reference(
     for t in range(horizon):
         batch = np.array([projection.batch[t]])
         kv, prefill = np.array([projection.kv_blocks[t]]), np.array([projection.prefill_tokens[t]])
-        seconds = float(model.prepare(batch, kv, prefill)(clock_index)[0])
+        seconds = float(model.prepare(batch, kv, prefill).run_seconds(clock_index)[0])
         now_s += seconds
         done_s.append((seconds, now_s))
     overflow = max(0, max(int(kv) - board.kv_capacity_blocks for kv in projection.kv_blocks))

@@ -77,13 +77,14 @@ def run(optimism: float = 0.10, correct: bool = True, seconds: int = 20, batch: 
         decode_only = result.prefill_requests == 0  # a prefill stalls decode whatever the clock
         if correction is not None and running and decode_only:
             clock_index = int(np.searchsorted(table.clocks_mhz, result.clock_mhz))
-            predicted = raw.prepare(
-                np.array([running]), np.array([kv_blocks]), np.zeros(1, dtype=np.int64)
-            )(clock_index)[0]
+            no_prefill = np.zeros(1, dtype=np.int64)
+            predicted = raw.seconds(
+                np.array([running]), np.array([kv_blocks]), no_prefill, clock_index
+            )[0]
             correction.observe(running, float(predicted), result.duration_s)
-        per_second.setdefault(int(result.started_s), []).append(
-            (result.duration_s > tbt_slo_s, result.clock_mhz)
-        )
+        if decode_only:
+            miss = result.duration_s > tbt_slo_s
+            per_second.setdefault(int(result.started_s), []).append((miss, result.clock_mhz))
         for _ in result.finished:
             submit()
     band = correction.factors(np.array([batch]))[0] if correction is not None else 1.0

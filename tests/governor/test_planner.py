@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from governor.planner import admit, check, lowest_frequency
+from governor.planner import PreparedTimes, admit, check, lowest_frequency
 from predictor.board import Board, Requests
 from predictor.projection import project, project_reference
 
@@ -19,12 +19,12 @@ class AnalyticTimes:
     clocks_mhz = CLOCKS_MHZ
 
     def prepare(self, batch, kv_blocks, prefill_tokens):
-        def seconds(clock_index):
-            stretch = np.asarray(CLOCKS_MHZ[-1] / CLOCKS_MHZ[clock_index])[..., None]
+        def run_seconds(clock_index):  # every iteration its own run
+            stretch = CLOCKS_MHZ[-1] / CLOCKS_MHZ[clock_index]
             per_sequence = (0.004 + 0.0002 * batch + 0.0001 * prefill_tokens) * stretch
             return np.where(batch > 0, 0.015 + 0.00002 * kv_blocks + per_sequence, 0.0)
 
-        return seconds
+        return PreparedTimes(np.arange(len(batch)), run_seconds)
 
 
 MODEL = AnalyticTimes()
