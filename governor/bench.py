@@ -134,3 +134,14 @@ def _print(report: dict[str, Any]) -> None:
     print(
         f"  reference agrees on board 0: {ref['agrees']}; chosen clocks: {report['chosen_clocks_mhz']}"
     )
+    correction = report["online_correction"]
+    print("online correction, twin a100-40gb/llama-2-13b/tp1, model 10 % optimistic, TBT SLO 32 ms")
+    print(
+        f"  {'second':>6} {'uncorrected: misses/decode iterations':>38} {'MHz':>5}   {'corrected':>10} {'MHz':>5}"
+    )
+    for plain, fixed in zip(correction["uncorrected"], correction["corrected"], strict=False):
+        print(
+            f"  {plain['second']:>6} {plain['tbt_misses']:>30}/{plain['decode_iterations']:<7} "
+            f"{plain['mean_clock_mhz']:>5}   {fixed['tbt_misses']:>5}/{fixed['decode_iterations']:<4} "
+            f"{fixed['mean_clock_mhz']:>5}"
+        )
