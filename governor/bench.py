@@ -8,8 +8,6 @@ iteration times from the shipped performance table. Run it pinned to one core
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import numpy as np
 from governor.iteration_times import TableIterationTimes
 from governor.planner import admit, lowest_frequency
 from governor.reference import admit_reference, lowest_frequency_reference
+from predictor.bench import timings_ms
 from predictor.board import Board, Requests
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import performance_model_path
@@ -41,16 +40,6 @@ def bench_board(rng: np.random.Generator, now_s: float = 100.0) -> Board:
 
     return Board(now_s, requests(RUNNING, True, HORIZON), requests(QUEUED, False, 1000),
                  max_batch=RUNNING, kv_capacity_blocks=1_000_000)  # fmt: skip
-
-
-def _timings_ms(action: Callable[[], object], repeats: int) -> np.ndarray:
-    action()
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        timings.append((time.perf_counter() - started) * 1000)
-    return np.array(timings)
 
 
 def _summary(timings: np.ndarray) -> dict[str, float]:
@@ -81,14 +70,14 @@ def bench_planner(
     report: dict[str, Any] = {
         "setting": {"running": RUNNING, "queued": QUEUED, "horizon": HORIZON, "clocks": len(table.clocks_mhz),
                     "performance_model": BENCH_PROFILE},
-        "admit_ms": _summary(_timings_ms(next_admit, repeats)),
-        "lowest_frequency_ms": _summary(_timings_ms(next_lowest, repeats)),
+        "admit_ms": _summary(timings_ms(next_admit, repeats)),
+        "lowest_frequency_ms": _summary(timings_ms(next_lowest, repeats)),
         "chosen_clocks_mhz": [d.clock_mhz for d in decisions],
     }  # fmt: skip
-    reference_admit = _timings_ms(
+    reference_admit = timings_ms(
         lambda: admit_reference(boards[0], new_rows[0], model, HORIZON), reference_repeats
     )
-    reference_lowest = _timings_ms(lambda: lowest_frequency_reference(boards[0], model, HORIZON), 1)
+    reference_lowest = timings_ms(lambda: lowest_frequency_reference(boards[0], model, HORIZON), 1)
     report["reference_ms"] = {
         "admit": _summary(reference_admit),
         "lowest_frequency": _summary(reference_lowest),

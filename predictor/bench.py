@@ -32,10 +32,10 @@ def bench_predictor(
     for tokens in PROMPT_TOKENS:
         ids = rng.integers(0, 128_000, tokens).tolist()
         text = tokenizer_text(tokenizer, tokens)
-        predict_ms = _timings_ms(
+        predict_ms = timings_ms(
             lambda ids=ids: length_model.predict(ids, max_tokens=4096).bound(0.9)
         )
-        tokenize_ms = _timings_ms(lambda text=text: tokenizer.encode(text), repeats=50)
+        tokenize_ms = timings_ms(lambda text=text: tokenizer.encode(text), repeats=50)
         length_rows.append({
             "prompt_tokens": tokens,
             "predict_p50_ms": float(np.percentile(predict_ms, 50)),
@@ -44,7 +44,7 @@ def bench_predictor(
         })  # fmt: skip
     batches = rng.integers(1, table.grid.max_batch + 1, LOOKUPS)
     kv = rng.integers(0, table.grid.max_kv_blocks + 1, LOOKUPS)
-    lookup_ms = _timings_ms(lambda: table.ips(batches, kv, 0), repeats=200)
+    lookup_ms = timings_ms(lambda: table.ips(batches, kv, 0), repeats=200)
     report = {
         "length_model": length_model.path.name,
         "length": length_rows,
@@ -67,7 +67,8 @@ def tokenizer_text(tokenizer: PromptTokenizer, tokens: int) -> str:
     return sentence * max(1, tokens // per_sentence)
 
 
-def _timings_ms(action: Any, repeats: int = REPEATS) -> np.ndarray:
+def timings_ms(action: Any, repeats: int = REPEATS) -> np.ndarray:
+    """Wall time of each of `repeats` calls, in ms, after a few untimed warm-up calls."""
     for _ in range(5):
         action()
     timings = []

@@ -11,7 +11,6 @@ the mass beyond it collapses onto it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from predictor.errors import ModelFileError
+from predictor.onnx_file import load_onnx
 
 LENGTH_METADATA_KEY = "throttllem.length_model"
 
@@ -130,25 +130,13 @@ class LengthPrediction:
 
 class LengthPredictor:
     def __init__(self, path: Path) -> None:
-        import onnxruntime
-
-        if not path.is_file():
-            raise ModelFileError(path, "not found")
+        self._session, metadata = load_onnx(path, LENGTH_METADATA_KEY)
         try:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            self._session = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-            metadata = self._session.get_modelmeta().custom_metadata_map
-            self.spec = LengthSpec.from_json(json.loads(metadata[LENGTH_METADATA_KEY]))
+            self.spec = LengthSpec.from_json(metadata)
         except (KeyError, ValueError, TypeError) as error:
             raise ModelFileError(
                 path, f"no valid {LENGTH_METADATA_KEY} metadata ({error})"
             ) from error
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ModelFileError(path, f"not a loadable ONNX model ({error})") from error
         self._input = self._session.get_inputs()[0].name
         self._probabilities = _probability_output(self._session)
         self.path = path

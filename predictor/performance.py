@@ -8,7 +8,6 @@ run for every iteration of a projection at every decision.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from predictor.errors import ModelFileError
+from predictor.onnx_file import load_onnx
 
 FEATURES = ("tp", "batch", "kv_blocks", "freq_mhz")
 GRID_METADATA_KEY = "throttllem.performance_grid"
@@ -49,25 +49,13 @@ class PerformanceModel:
     """The ONNX model itself: exact, and about 5 us per point in a batch."""
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime
-
-        if not path.is_file():
-            raise ModelFileError(path, "not found")
+        self._session, metadata = load_onnx(path, GRID_METADATA_KEY)
         try:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            self._session = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-            metadata = self._session.get_modelmeta().custom_metadata_map
-            self.grid = PerformanceGrid.from_json(json.loads(metadata[GRID_METADATA_KEY]))
+            self.grid = PerformanceGrid.from_json(metadata)
         except (KeyError, ValueError, TypeError) as error:
             raise ModelFileError(
                 path, f"no valid {GRID_METADATA_KEY} metadata ({error})"
             ) from error
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ModelFileError(path, f"not a loadable ONNX model ({error})") from error
         self._input = self._session.get_inputs()[0].name
         self.path = path
 
