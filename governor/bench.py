@@ -75,9 +75,13 @@ def bench_planner(
         "chosen_clocks_mhz": [d.clock_mhz for d in decisions],
     }  # fmt: skip
     reference_admit = timings_ms(
-        lambda: admit_reference(boards[0], new_rows[0], model, HORIZON), reference_repeats
+        lambda: admit_reference(boards[0], new_rows[0], model, HORIZON),
+        reference_repeats,
+        warmups=0,
     )
-    reference_lowest = timings_ms(lambda: lowest_frequency_reference(boards[0], model, HORIZON), 1)
+    reference_lowest = timings_ms(
+        lambda: lowest_frequency_reference(boards[0], model, HORIZON), 1, warmups=0
+    )
     report["reference_ms"] = {
         "admit": _summary(reference_admit),
         "lowest_frequency": _summary(reference_lowest),

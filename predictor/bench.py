@@ -67,9 +67,9 @@ def tokenizer_text(tokenizer: PromptTokenizer, tokens: int) -> str:
     return sentence * max(1, tokens // per_sentence)
 
 
-def timings_ms(action: Any, repeats: int = REPEATS) -> np.ndarray:
-    """Wall time of each of `repeats` calls, in ms, after a few untimed warm-up calls."""
-    for _ in range(5):
+def timings_ms(action: Any, repeats: int = REPEATS, warmups: int = 5) -> np.ndarray:
+    """Wall time of each of `repeats` calls, in ms, after `warmups` untimed calls."""
+    for _ in range(warmups):
         action()
     timings = []
     for _ in range(repeats):
