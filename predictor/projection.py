@@ -32,16 +32,19 @@ class Projection:
 
 def queued_starts(board: Board) -> np.ndarray:
     """The iteration each queued request starts in: FIFO into the first free slot."""
-    running_ends = board.running.remaining_tokens
-    slots = sorted(running_ends.tolist())[: board.max_batch]
-    slots += [0] * (board.max_batch - len(slots))  # free slots are free now
-    heapq.heapify(slots)
-    starts = np.empty(len(board.queued), dtype=np.int64)
-    for index, duration in enumerate(board.queued.remaining_tokens.tolist()):
-        free_at = heapq.heappop(slots)
-        starts[index] = free_at
-        heapq.heappush(slots, free_at + duration)
-    return starts
+    free_now = board.max_batch - len(board.running)
+    queued = len(board.queued)
+    if queued <= free_now:  # everyone fits at once
+        return np.zeros(queued, dtype=np.int64)
+    # Only the slots the queue will ever see matter: the free ones and the earliest ends.
+    ends = np.sort(board.running.remaining_tokens)[: queued - max(free_now, 0)].tolist()
+    slots = [0] * max(free_now, 0) + ends  # sorted, so already a heap
+    starts = []
+    for duration in board.queued.remaining_tokens.tolist():
+        free_at = slots[0]
+        starts.append(free_at)
+        heapq.heapreplace(slots, free_at + duration)
+    return np.array(starts, dtype=np.int64)
 
 
 def project(board: Board, horizon: int) -> Projection:
