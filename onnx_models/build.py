@@ -16,17 +16,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from simulator.profile import available_profiles
+
 HERE = Path(__file__).resolve().parent
 ALPACA = Path("../shared/data/alpaca_eval")
 PROFILE_PASSES = 20
-PERFORMANCE_PROFILES = (
-    "a100-40gb/llama-3-8b/tp1",
-    "a100-40gb/llama-2-13b/tp1",
-    "a100-40gb/llama-2-13b/tp2",
-    "a100-40gb/llama-2-13b/tp4",
-    "a100-40gb/llama-3-70b/tp8",
-    "h100-80gb/llama-3.1-8b/tp1",
-)
 LENGTH_MODELS = {  # recorded answers -> context window of the served model
     "Meta-Llama-3-8B-Instruct": 8192,
     "llama-2-13b-chat-hf": 4096,
@@ -90,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
-        for profile in PERFORMANCE_PROFILES:
+        for profile in available_profiles():  # one performance model per twin profile
             if args.only is None or args.only in profile:
                 build_performance(profile, scratch)
         for model, window in LENGTH_MODELS.items():

@@ -140,6 +140,10 @@ class Engine:
     def running(self) -> int:
         return len(self._running)
 
+    def running_sequences(self) -> list[Sequence]:
+        """The requests in the batch, in the order they were scheduled."""
+        return list(self._running.values())
+
     @property
     def waiting(self) -> int:
         return len(self._waiting)

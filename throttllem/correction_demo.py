@@ -96,7 +96,7 @@ def run(optimism: float = 0.10, correct: bool = True, seconds: int = 20, batch: 
 
 
 def _board(engine: Engine, now_s: float, tbt_slo_s: float) -> Board:
-    running = list(engine._running.values())
+    running = engine.running_sequences()
     done = engine.iterations
     generated = [s.generated_after(done) for s in running]
     count = len(running)
