@@ -34,8 +34,9 @@ class TableIterationTimes:
     def prepare(
         self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray
     ) -> PreparedTimes:
-        batch_index = np.clip(batch - 1, 0, self.table.grid.max_batch - 1)
-        kv_index = np.clip(kv_blocks // self.table.kv_bucket_blocks, 0, self._buckets - 1)
+        # np.clip costs more than the two bounds it applies
+        batch_index = np.minimum(np.maximum(batch - 1, 0), self.table.grid.max_batch - 1)
+        kv_index = np.minimum(kv_blocks // self.table.kv_bucket_blocks, self._buckets - 1)
         columns = batch_index * self._buckets + kv_index
         scale = (batch > 0).astype(np.float64)
         if self.correction is not None:

@@ -48,7 +48,7 @@ class _Runs:
     def __init__(self, prepared: PreparedTimes, horizon: int, tightest_tbt_s: np.ndarray,
                  first: np.ndarray, last: np.ndarray) -> None:  # fmt: skip
         self.seconds = prepared.run_seconds
-        self.lengths = np.diff(np.append(prepared.run_starts, horizon))
+        self.lengths = np.diff(prepared.run_starts, append=horizon)
         self.tightest_tbt_s = np.minimum.reduceat(tightest_tbt_s, prepared.run_starts) + TOLERANCE_S
         run_end = prepared.run_starts + self.lengths  # exclusive
         self.first_run = np.searchsorted(prepared.run_starts, first, side="right") - 1
@@ -86,7 +86,7 @@ class _Timeline:
     """What does not depend on the clock, computed once per board."""
 
     def __init__(self, board: Board, horizon: int) -> None:
-        requests = board.running.append(board.queued)
+        running, queued = board.running, board.queued
         self.board = board
         self.running = len(board.running)
         needed = int(np.max(board.running.remaining_tokens, initial=1))
@@ -99,10 +99,12 @@ class _Timeline:
         # A queued request's first iteration (its prefill) counts for TTFT, not TBT.
         self.tbt_from = p.start.copy()
         self.tbt_from[self.running :] += 1
-        self.ttft_deadline_s = requests.arrival_s + requests.ttft_slo_s
-        self.ttft_deadline_s[: self.running] = np.inf  # running requests have had their first token
-        self.tbt_slo_s = requests.tbt_slo_s
-        self.e2e_deadline_s = requests.e2e_deadline_s
+        # Running requests have had their first token.
+        self.ttft_deadline_s = np.concatenate(
+            [np.full(self.running, np.inf), queued.arrival_s + queued.ttft_slo_s]
+        )
+        self.tbt_slo_s = np.concatenate([running.tbt_slo_s, queued.tbt_slo_s])
+        self.e2e_deadline_s = np.concatenate([running.e2e_deadline_s, queued.e2e_deadline_s])
         self.tightest_tbt_s = self._tightest_tbt()
         self._ttft_tolerant = self.ttft_deadline_s + TOLERANCE_S
         self._e2e_tolerant = self.e2e_deadline_s + TOLERANCE_S
@@ -120,11 +122,18 @@ class _Timeline:
     def _tightest_tbt(self) -> np.ndarray:
         """Per iteration, the smallest TBT SLO among the requests it serves."""
         horizon = self.projection.horizon
-        tightest = np.full(horizon, np.inf)
         lo = np.minimum(self.tbt_from, horizon)
         hi = np.minimum(self.projection.end, horizon)
-        for slo in np.unique(self.tbt_slo_s):
-            mine = self.tbt_slo_s == slo
+        slo_s = self.tbt_slo_s
+        if not len(slo_s) or slo_s.min() == slo_s.max():  # one SLO for all: the usual case
+            # The batch, less the queued requests whose prefill this iteration is.
+            queued_start = np.minimum(self.projection.start[self.running :], horizon)
+            starting = np.bincount(queued_start, minlength=horizon + 1)[:horizon]
+            serving = self.projection.batch - starting
+            return np.where(serving > 0, slo_s[0] if len(slo_s) else np.inf, np.inf)
+        tightest = np.full(horizon, np.inf)
+        for slo in np.unique(slo_s):
+            mine = slo_s == slo
             delta = np.bincount(lo[mine], minlength=horizon + 1) - np.bincount(
                 hi[mine], minlength=horizon + 1
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,8 @@ def train_length(
             "responses": responses_path.name,
             "prompts": len(data.lengths),
             "buckets": list(final_spec.edges),
+            # the fit's last digits depend on them
+            "libraries": {name: version(name) for name in ("scikit-learn", "scipy", "numpy")},
         }
     )
     if report_path is not None:
