@@ -7,18 +7,25 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import Depends, FastAPI
 
-from gateway.backends.triton import TritonBackend
+from gateway.admission import Admission
+from gateway.auth import require_api_key
+from gateway.backends import connect_backend
+from gateway.chat_template import ChatTemplate
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
+from gateway.middleware import BodyLimit, CountResponses, RequestId
+from gateway.planning import AdmissionPlanner, EngineShape
 from gateway.predictions import Predictions, load_predictions
-from gateway.routes import completions, health, models
+from gateway.routes import admin, chat, completions, health, models
 from gateway.services import Services
 from gateway.settings import GpuBackendKind, Settings
-from gateway.state import MemoryStateStore
+from gateway.state import MemoryStateStore, StateStore
+from gateway.state_failover import FailoverStateStore
+from gateway.state_redis import RedisStateStore
 from governor.gpu.simulated import SimulatedGpu
+from governor.iteration_times import TableIterationTimes
 from governor.loop import ClockGovernor, HighestClock
 from predictor.tokenizer import PromptTokenizer
 
@@ -27,41 +34,50 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    chat_template = (
+        ChatTemplate.from_file(settings.chat_template_path)
+        if settings.chat_template_path is not None
+        else ChatTemplate.llama3()
+    )  # a broken template fails here, at start, not at the first request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = _build_services(settings, await asyncio.to_thread(load_predictions, settings))
+        predictions = await asyncio.to_thread(load_predictions, settings)
+        services = _build_services(settings, predictions, chat_template)
         app.state.services = services
-        governor_task = None
+        tasks = [asyncio.create_task(services.admission.run(), name="admission")]
         if services.governor is not None:
-            governor_task = asyncio.create_task(services.governor.run(), name="clock-governor")
+            tasks.append(asyncio.create_task(services.governor.run(), name="clock-governor"))
         try:
             yield
         finally:
-            if services.governor is not None and governor_task is not None:
-                governor_task.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await governor_task
+                    await task
+            if services.governor is not None:
                 await services.governor.aclose()
             await services.backend.aclose()
+            await services.store.aclose()
 
     app = FastAPI(title="throttllem", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for router in (completions.router, models.router, health.router):
-        app.include_router(router)
-    app.add_middleware(_CountResponses)
+    for router in (completions.router, chat.router, models.router):
+        app.include_router(router, dependencies=[Depends(require_api_key)])
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    app.add_middleware(CountResponses)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestId)  # outermost: every answer has an id, 413s included
     return app
 
 
-def _build_services(settings: Settings, predictions: Predictions) -> Services:
+def _build_services(
+    settings: Settings, predictions: Predictions, chat_template: ChatTemplate
+) -> Services:
     metrics = GatewayMetrics()
     metrics.watch_predictions(predictions)
-    backend = TritonBackend.connect(
-        settings.backend_url,
-        settings.triton_model,
-        timeout_s=settings.backend_timeout_s,
-        connect_timeout_s=settings.backend_connect_timeout_s,
-    )
+    store = _state_store(settings, metrics)
     governor = None
     if settings.gpu_backend is GpuBackendKind.simulated:
         gpus = [
@@ -69,36 +85,46 @@ def _build_services(settings: Settings, predictions: Predictions) -> Services:
         ]
         governor = ClockGovernor(gpus, HighestClock(), window_s=settings.governor_window_ms / 1000)
         metrics.watch_governor(governor.status)
+    admission = Admission(
+        store,
+        _planner(settings, predictions),
+        metrics,
+        max_queue=settings.max_queue,
+        retry_after_s=settings.retry_after_s,
+        window_s=settings.governor_window_ms / 1000,
+        refresh_every_s=settings.state_entry_ttl_s / 3,
+    )
     return Services(
         settings=settings,
-        backend=backend,
-        store=MemoryStateStore(),
+        backend=connect_backend(settings),
+        store=store,
+        admission=admission,
         metrics=metrics,
         tokenizer=PromptTokenizer.from_file(settings.tokenizer_path),
         predictions=predictions,
+        chat_template=chat_template,
         governor=governor,
     )
 
 
-class _CountResponses:
-    """Counts every `/v1/*` answer by endpoint and status, errors included."""
+def _state_store(settings: Settings, metrics: GatewayMetrics) -> StateStore:
+    if settings.redis_url is None:
+        return MemoryStateStore()
+    redis = RedisStateStore.connect(
+        settings.redis_url, settings.instance, settings.state_entry_ttl_s
+    )
+    store = FailoverStateStore(redis)
+    metrics.watch_state_store(lambda: store.degraded)
+    return store
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                services: Services | None = getattr(scope["app"].state, "services", None)
-                if services is not None:
-                    services.metrics.requests.labels(
-                        path.removeprefix("/v1/"), str(message["status"])
-                    ).inc()
-            await send(message)
-
-        await self.app(scope, receive, send=counting_send)
+def _planner(settings: Settings, predictions: Predictions) -> AdmissionPlanner | None:
+    """Admission needs both predictors; without either, everything is admitted at once."""
+    if predictions.length is None or predictions.performance is None:
+        return None
+    engine = EngineShape(
+        max_batch=settings.engine_max_batch,
+        kv_capacity_blocks=settings.engine_kv_capacity_blocks,
+        tokens_per_block=settings.engine_tokens_per_block,
+    )
+    return AdmissionPlanner(TableIterationTimes(predictions.performance), engine)

@@ -2,7 +2,10 @@
 
 GatewayError                      {"error": {"message", "type", "param", "code"}}
  ├── InvalidRequestError   400    bad input from the client
+ │    └── PayloadTooLargeError 413  a body over the size limit
+ ├── AuthenticationError   401    no valid API key
  ├── NotFoundError         404    unknown model or route
+ ├── QueueFullError        429    too many requests waiting for admission (Retry-After)
  └── BackendError          502    the inference server failed mid-way
       └── BackendUnavailableError 503  the inference server cannot be reached
 """
@@ -30,10 +33,34 @@ class GatewayError(Exception):
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.error_type, self.param, self.code)
 
+    def headers(self) -> dict[str, str]:
+        return {}
+
 
 class InvalidRequestError(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    status_code = 413
+
+
+class AuthenticationError(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+
+class QueueFullError(GatewayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, code="queue_full")
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class NotFoundError(GatewayError):
@@ -65,7 +92,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def _gateway_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, GatewayError)
-    return JSONResponse(error.body(), status_code=error.status_code)
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:

@@ -1,19 +1,24 @@
-"""One generation in flight: streams the backend's chunks and keeps the books.
+"""One generation: admitted through the planner, streamed from the backend, accounted.
 
-It counts tokens exactly, times TTFT/TBT/E2E, keeps the scoreboard entry current and
-removes it when the generation ends for any reason (done, error, client gone).
+It counts tokens exactly, times TTFT/TBT/E2E, keeps its scoreboard entry current, checks
+its promises at the end, and leaves the board whenever it ends (done, error, client gone).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
 
+from gateway.admission import Admitted
 from gateway.backends.base import GenerationChunk, GenerationRequest
 from gateway.schemas import FinishReason
 from gateway.services import Services
+from gateway.slo import RequestSlo
 from gateway.state import RequestEntry
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Generation:
@@ -21,45 +26,87 @@ class Generation:
         self,
         services: Services,
         request: GenerationRequest,
+        request_id: str,
         prompt_tokens: int,
-        predicted_tokens: int | None = None,
+        predicted_tokens: int | None,
+        slo: RequestSlo,
     ) -> None:
         self._services = services
         self.request = request
-        self.request_id = uuid.uuid4().hex
+        self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self.predicted_tokens = predicted_tokens
+        self.slo = slo
         self.completion_tokens = 0
+        self.admitted: Admitted | None = None
+        self._arrival_wall_s = time.time()
         self._arrival_s = time.monotonic()
+        self._first_token_s: float | None = None
         self._last_token_s: float | None = None
+        self._finished = False
 
     @property
     def finish_reason(self) -> FinishReason:
         return "length" if self.completion_tokens >= self.request.max_tokens else "stop"
 
-    async def chunks(self) -> AsyncIterator[GenerationChunk]:
-        services = self._services
-        await services.store.add(
-            RequestEntry(
-                request_id=self.request_id,
-                arrival_s=self._arrival_s,
-                prompt_tokens=self.prompt_tokens,
-                max_tokens=self.request.max_tokens,
-                predicted_tokens=self.predicted_tokens,
-            )
+    async def admit(self) -> None:
+        """Wait for the planner's yes (QueueFullError if the queue is full)."""
+        entry = RequestEntry(
+            request_id=self.request_id,
+            arrival_s=self._arrival_wall_s,
+            prompt_tokens=self.prompt_tokens,
+            max_tokens=self.request.max_tokens,
+            predicted_tokens=self.predicted_tokens,
+            ttft_slo_s=self.slo.ttft_s,
+            tbt_slo_s=self.slo.tpot_s,
+            e2e_deadline_s=self._arrival_wall_s + self.slo.e2e_s,
+            worker=WORKER,
         )
-        services.metrics.in_flight.inc()
-        try:
-            async for chunk in services.backend.generate(self.request):
-                await self._account(chunk)
-                yield chunk
-            services.metrics.e2e_s.observe(time.monotonic() - self._arrival_s)
-            services.metrics.tokens.labels("prompt").inc(self.prompt_tokens)
-            services.metrics.tokens.labels("completion").inc(self.completion_tokens)
-        finally:
-            services.metrics.in_flight.dec()
-            await services.store.remove(self.request_id)
-            services.request_finished()
+        self.admitted = await self._services.admission.enter(entry)
+        self._services.metrics.in_flight.inc()
+        self._services.request_admitted()
+
+    async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        async for chunk in self._services.backend.generate(self.request):
+            await self._account(chunk)
+            yield chunk
+        self._finished = True
+
+    async def close(self) -> None:
+        """Off the board, whatever happened; the books for a finished answer."""
+        services = self._services
+        if self.admitted is None:
+            return
+        self.admitted = None  # once
+        services.metrics.in_flight.dec()
+        await services.admission.release(self.request_id)
+        services.request_finished()
+        if self._finished:
+            self._judge()
+        else:
+            services.metrics.cancelled.inc()
+
+    def _judge(self) -> None:
+        metrics, now_s = self._services.metrics, time.monotonic()
+        metrics.e2e_s.observe(now_s - self._arrival_s)
+        metrics.tokens.labels("prompt").inc(self.prompt_tokens)
+        metrics.tokens.labels("completion").inc(self.completion_tokens)
+        misses = []
+        if (
+            self._first_token_s is not None
+            and self._first_token_s - self._arrival_s > self.slo.ttft_s
+        ):
+            misses.append("ttft")
+        if self.completion_tokens > 1 and self._first_token_s is not None:
+            assert self._last_token_s is not None
+            tpot_s = (self._last_token_s - self._first_token_s) / (self.completion_tokens - 1)
+            if tpot_s > self.slo.tpot_s:
+                misses.append("tpot")
+        if now_s - self._arrival_s > self.slo.e2e_s:
+            misses.append("e2e")
+        for slo in misses:
+            metrics.slo_misses.labels(slo).inc()
+        metrics.slo_requests.labels("missed" if misses else "met").inc()
 
     async def _account(self, chunk: GenerationChunk) -> None:
         now_s = time.monotonic()
@@ -73,8 +120,13 @@ class Generation:
         self.completion_tokens += new_tokens
         metrics = self._services.metrics
         if self._last_token_s is None:
+            self._first_token_s = now_s
             metrics.ttft_s.observe(now_s - self._arrival_s)
         else:
             metrics.tbt_s.observe(now_s - self._last_token_s)
         self._last_token_s = now_s
-        await self._services.store.record_tokens(self.request_id, self.completion_tokens, now_s)
+        await self._services.store.record_tokens(
+            self.request_id,
+            self.completion_tokens,
+            self._arrival_wall_s + (now_s - self._arrival_s),
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -53,6 +53,41 @@ class GatewayMetrics:
             "Requests being served right now.",
             registry=self.registry,
         )
+        self.queue_length = Gauge(
+            "throttllem_queue_length",
+            "Requests waiting for admission in this worker.",
+            registry=self.registry,
+        )
+        self.queue_time_s = Histogram(
+            "throttllem_queue_seconds",
+            "Time from arrival to admission.",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.admissions = Counter(
+            "throttllem_admissions",
+            "Admission outcomes: admitted, lost (served though it misses a promise even at "
+            "the highest clock), queue_full (refused with 429).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.slo_misses = Counter(
+            "throttllem_slo_misses",
+            "Finished requests that missed a promise, by promise (ttft, tpot, e2e).",
+            ["slo"],
+            registry=self.registry,
+        )
+        self.slo_requests = Counter(
+            "throttllem_slo_requests",
+            "Finished requests, by whether they kept every promise (met, missed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.cancelled = Counter(
+            "throttllem_requests_cancelled",
+            "Requests whose client left before the answer ended (upstream cancelled).",
+            registry=self.registry,
+        )
 
     def watch_predictions(self, predictions: Predictions) -> None:
         ready = Gauge(
@@ -63,6 +98,15 @@ class GatewayMetrics:
         )
         for name in ("length", "performance"):
             ready.labels(name).set(1 if predictions.ready(name) else 0)
+
+    def watch_state_store(self, degraded: Callable[[], bool]) -> None:
+        gauge = Gauge(
+            "throttllem_state_store_degraded",
+            "1 while the shared scoreboard (Redis) is unreachable and this worker serves on "
+            "local state.",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: float(degraded()))
 
     def watch_governor(self, status: GovernorStatus) -> None:
         """Export the governor's clock, power and energy, read fresh at every scrape."""

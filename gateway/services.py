@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -15,16 +15,26 @@ from gateway.state import StateStore
 from governor.loop import ClockGovernor
 from predictor.tokenizer import PromptTokenizer
 
+if TYPE_CHECKING:
+    from gateway.admission import Admission
+    from gateway.chat_template import ChatTemplate
+
 
 @dataclass
 class Services:
     settings: Settings
     backend: Backend
     store: StateStore
+    admission: Admission
     metrics: GatewayMetrics
     tokenizer: PromptTokenizer
     predictions: Predictions
+    chat_template: ChatTemplate
     governor: ClockGovernor | None = None
+
+    def request_admitted(self) -> None:
+        if self.governor is not None:
+            self.governor.poke()
 
     def request_finished(self) -> None:
         if self.governor is not None:

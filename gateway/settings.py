@@ -5,19 +5,18 @@ docs/configuration.md holds `settings_reference()`; a test keeps the two in step
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class BackendKind(str, Enum):
     triton = "triton"
-
-
-class StateStoreKind(str, Enum):
-    memory = "memory"
+    openai = "openai"  # any OpenAI-compatible server: vLLM, Triton's OpenAI frontend, ...
 
 
 class GpuBackendKind(str, Enum):
@@ -32,10 +31,21 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port the gateway listens on.")
 
     backend_kind: BackendKind = Field(
-        BackendKind.triton, description="Kind of inference server behind the gateway."
+        BackendKind.triton,
+        description="Kind of inference server behind the gateway: `triton` (the generate "
+        "extension) or `openai` (any OpenAI-compatible server).",
     )
     backend_url: str = Field(
-        "http://127.0.0.1:8010", description="Base URL of the inference server (Triton HTTP)."
+        "http://127.0.0.1:8010",
+        description="Base URL of the inference server (Triton HTTP, or the OpenAI-compatible "
+        "server's root, without `/v1`).",
+    )
+    upstream_model: str | None = Field(
+        None,
+        description="Model name sent to an OpenAI-compatible server; default: `served_model_name`.",
+    )
+    backend_api_key: str | None = Field(
+        None, description="Bearer key the gateway presents to an OpenAI-compatible server."
     )
     triton_model: str = Field(
         "ensemble", description="Triton model the gateway calls (the TensorRT-LLM ensemble)."
@@ -68,8 +78,71 @@ class Settings(BaseSettings):
         16, ge=1, description="max_tokens for requests that do not set it (OpenAI's default)."
     )
 
-    state_store: StateStoreKind = Field(
-        StateStoreKind.memory, description="Where the shared request state lives."
+    context_window_tokens: int = Field(
+        4096, ge=1, description="The served model's context: prompt plus max_tokens must fit."
+    )
+    chat_template_path: Path | None = Field(
+        None,
+        description="Jinja chat template (Hugging Face style) for /v1/chat/completions; "
+        "default: Llama 3's.",
+    )
+
+    slo_ttft_ms: float = Field(
+        2000.0, gt=0, description="Default time-to-first-token SLO (header `x-slo-ttft-ms`)."
+    )
+    slo_tpot_ms: float = Field(
+        200.0, gt=0, description="Default time-per-output-token SLO (header `x-slo-tpot-ms`)."
+    )
+    slo_e2e_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Default end-to-end SLO (header `x-slo-e2e-ms`); none: no deadline.",
+    )
+    max_queue: int = Field(
+        256, ge=0, description="Requests that may wait for admission; more get a 429."
+    )
+    retry_after_s: int = Field(
+        1, ge=1, description="`Retry-After` sent with a 429 when the queue is full, in seconds."
+    )
+    engine_max_batch: int = Field(
+        256, ge=1, description="The engine's largest batch (TensorRT-LLM max_batch_size)."
+    )
+    engine_kv_capacity_blocks: int = Field(
+        100_000, ge=1, description="KV-cache blocks the engine has (its paged KV pool)."
+    )
+    engine_tokens_per_block: int = Field(
+        64, ge=1, description="Tokens per KV-cache block (TensorRT-LLM tokens_per_block)."
+    )
+
+    redis_url: str | None = Field(
+        None,
+        description="Redis for the scoreboard shared by workers and the governor "
+        "(`redis://host:6379/0`); none: in memory, one worker.",
+    )
+    instance: str = Field(
+        "default",
+        description="The engine instance this gateway feeds; its scoreboard's key in Redis.",
+    )
+    state_entry_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's scoreboard entry expires this long after its worker last "
+        "refreshed it (a dead worker leaves nothing behind).",
+    )
+
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys clients must present (a JSON list or comma-separated); "
+        "empty: no authentication.",
+    )
+    admin_token: str | None = Field(
+        None, description="Bearer token of the `/admin/*` endpoints; none: they are off."
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Largest request body accepted; larger get a 413."
+    )
+    log_prompts: bool = Field(
+        False, description="Log prompts and answers (off: they never reach the logs)."
     )
 
     gpu_backend: GpuBackendKind = Field(
@@ -87,6 +160,16 @@ class Settings(BaseSettings):
     governor_window_ms: float = Field(
         100.0, gt=0, description="How often the governor re-decides the clock, in ms."
     )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [key.strip() for key in text.split(",") if key.strip()]
+        return value
 
 
 def settings_reference() -> str:

@@ -1,13 +1,26 @@
-"""The scoreboard of requests in flight, behind one small interface.
+"""The scoreboard of requests admitted to the engine, behind one small interface.
 
-The governor projects the engine's future from it; the metrics count from it. The
-in-memory store serves one process; the Redis store (shared by workers) comes later.
+The planner projects the engine's future from it, the governor picks clocks from it,
+the metrics count from it. `MemoryStateStore` serves one process; `RedisStateStore`
+(gateway/state_redis.py) is shared by every worker and the stand-alone governor.
+
+Admission is compare-and-add: a worker reads a snapshot, asks the planner, then adds its
+request only if the set of requests has not changed since (the snapshot's version); if
+it has, it reads again and decides again. So two workers never both admit into the same
+headroom. Times are wall-clock seconds (`time.time()`), comparable across hosts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Protocol
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
+
+
+class StateStoreError(Exception):
+    """The store cannot be reached or answered nonsense."""
 
 
 @dataclass(frozen=True)
@@ -17,20 +30,56 @@ class RequestEntry:
     prompt_tokens: int
     max_tokens: int
     predicted_tokens: int | None = None  # None: no length model loaded
+    ttft_slo_s: float = math.inf
+    tbt_slo_s: float = math.inf
+    e2e_deadline_s: float = math.inf  # absolute
     generated_tokens: int = 0
     first_token_s: float | None = None
+    worker: str = ""  # host:pid of the gateway worker that owns it
+
+    def to_json(self) -> str:
+        return json.dumps({k: _finite_or_none(v) for k, v in asdict(self).items()})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RequestEntry:
+        fields: dict[str, Any] = json.loads(text)
+        for name in ("ttft_slo_s", "tbt_slo_s", "e2e_deadline_s"):
+            if fields.get(name) is None:
+                fields[name] = math.inf
+        return cls(**fields)
+
+
+def _finite_or_none(value: object) -> object:
+    """JSON has no infinity: an absent promise is stored as null."""
+    return None if isinstance(value, float) and math.isinf(value) else value
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int  # changes whenever a request is added or removed
+    entries: list[RequestEntry]
 
 
 class StateStore(Protocol):
-    async def add(self, entry: RequestEntry) -> None: ...
+    async def snapshot(self) -> Snapshot: ...
 
-    async def record_tokens(self, request_id: str, generated_tokens: int, now_s: float) -> None: ...
+    async def admit(self, entry: RequestEntry, expected_version: int) -> bool:
+        """Add `entry` if the version is still `expected_version`; False if it moved on."""
+        ...
+
+    async def record_tokens(self, request_id: str, generated_tokens: int, now_s: float) -> None:
+        """Its generated tokens so far; the first call also stamps its first token."""
+        ...
 
     async def remove(self, request_id: str) -> None: ...
 
-    async def snapshot(self) -> list[RequestEntry]: ...
+    async def refresh(self, request_ids: Sequence[str]) -> None:
+        """The owner is alive: keep these entries from expiring."""
+        ...
 
     async def ping(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 class MemoryStateStore:
@@ -38,9 +87,17 @@ class MemoryStateStore:
 
     def __init__(self) -> None:
         self._entries: dict[str, RequestEntry] = {}
+        self._version = 0
 
-    async def add(self, entry: RequestEntry) -> None:
+    async def snapshot(self) -> Snapshot:
+        return Snapshot(self._version, list(self._entries.values()))
+
+    async def admit(self, entry: RequestEntry, expected_version: int) -> bool:
+        if expected_version != self._version:
+            return False
         self._entries[entry.request_id] = entry
+        self._version += 1
+        return True
 
     async def record_tokens(self, request_id: str, generated_tokens: int, now_s: float) -> None:
         entry = self._entries.get(request_id)
@@ -52,10 +109,14 @@ class MemoryStateStore:
         )
 
     async def remove(self, request_id: str) -> None:
-        self._entries.pop(request_id, None)
+        if self._entries.pop(request_id, None) is not None:
+            self._version += 1
 
-    async def snapshot(self) -> list[RequestEntry]:
-        return list(self._entries.values())
+    async def refresh(self, request_ids: Sequence[str]) -> None:
+        return None
 
     async def ping(self) -> bool:
         return True
+
+    async def aclose(self) -> None:
+        return None

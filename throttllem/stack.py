@@ -67,6 +67,10 @@ def run_stack(
         "served_model_name": twin_profile.split("/")[1],
         "length_model_path": length_model_path(profile.model.recorded_responses),
         "performance_model_path": performance_model_path(twin_profile),
+        "context_window_tokens": profile.model.context_window_tokens,
+        "engine_max_batch": profile.max_batch_size,
+        "engine_kv_capacity_blocks": profile.kv_capacity_blocks,
+        "engine_tokens_per_block": profile.tokens_per_block,
     }
     update: dict[str, object] = {
         "backend_url": f"http://127.0.0.1:{twin_ports.http}",

@@ -1,1 +1,26 @@
 """Inference servers behind one small interface: `Backend`."""
+
+from __future__ import annotations
+
+from gateway.backends.base import Backend
+from gateway.backends.openai_compat import OpenAICompatibleBackend
+from gateway.backends.triton import TritonBackend
+from gateway.settings import BackendKind, Settings
+
+
+def connect_backend(settings: Settings) -> Backend:
+    """The client of the server `settings.backend_kind` names, at `settings.backend_url`."""
+    if settings.backend_kind is BackendKind.openai:
+        return OpenAICompatibleBackend.connect(
+            settings.backend_url,
+            settings.upstream_model or settings.served_model_name,
+            api_key=settings.backend_api_key,
+            timeout_s=settings.backend_timeout_s,
+            connect_timeout_s=settings.backend_connect_timeout_s,
+        )
+    return TritonBackend.connect(
+        settings.backend_url,
+        settings.triton_model,
+        timeout_s=settings.backend_timeout_s,
+        connect_timeout_s=settings.backend_connect_timeout_s,
+    )

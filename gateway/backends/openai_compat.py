@@ -1,0 +1,229 @@
+"""Any OpenAI-compatible server (vLLM, Triton's OpenAI frontend, ...) through `/v1/completions`.
+
+Field mapping (GenerationRequest -> completions body):
+
+    prompt       -> prompt               max_tokens  -> max_tokens
+    temperature  -> temperature          top_p       -> top_p
+    stop         -> stop                 seed        -> seed
+    ignore_eos   -> ignore_eos = true, min_tokens = max_tokens (vLLM's names)
+    (always)     -> model, stream = true,
+                    stream_options = {include_usage: true, continuous_usage_stats: true}
+
+Counting: with `continuous_usage_stats` vLLM puts the cumulative `usage` in every chunk,
+so each chunk's `output_tokens` is the growth of `usage.completion_tokens` since the last
+count, and `prompt_tokens` is `usage.prompt_tokens`. A server that sends usage only in
+its final chunk (`choices: []`, the OpenAI way) or not at all gives text chunks with
+`output_tokens = None`, which the gateway counts as one token each; the final usage
+then corrects the total: its chunk carries the difference between the server's count
+and what was counted so far (never negative). Chunks that change nothing are dropped.
+
+The stream ends at `data: [DONE]`. An error after the stream started arrives as an
+`{"error": ...}` event (older vLLM: `{"object": "error", ...}`) under HTTP 200, so every
+event is checked. Triton's OpenAI frontend ignores `continuous_usage_stats` and sends
+usage only at the end; it refuses unknown top-level fields, and knows `ignore_eos` and
+`min_tokens`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from gateway.backends.base import GenerationChunk, GenerationRequest
+from gateway.backends.sse import sse_data
+from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
+
+DONE = "[DONE]"
+# The gateway's admission bounds the streams in flight. httpx's default of 100 connections
+# would queue the rest inside the client, out of the gateway's sight, and a full pool can
+# wedge for good once cancelled requests leak its slots (encode/httpcore#1093).
+POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=512)
+
+
+class OpenAICompatibleBackend:
+    def __init__(
+        self, client: httpx.AsyncClient, model: str, continuous_usage: bool = True
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._continuous_usage = continuous_usage
+
+    @classmethod
+    def connect(
+        cls,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float = 5.0,
+        continuous_usage: bool = True,
+    ) -> OpenAICompatibleBackend:
+        """`base_url` is the server's root, without `/v1`."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            limits=POOL_LIMITS,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+        )
+        return cls(client, model, continuous_usage)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        body = completions_body(request, self._model, self._continuous_usage)
+        counter = _TokenCounter()
+        try:
+            async with self._client.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _error_from_status(response, self._model)
+                async for data in sse_data(response.aiter_lines()):
+                    if data.strip() == DONE:
+                        return
+                    chunk = counter.chunk(_event(data))
+                    if chunk is not None:
+                        yield chunk
+        except httpx.TransportError as error:
+            raise BackendUnavailableError(
+                f"the OpenAI-compatible server at {self._client.base_url} is unreachable: {error!r}"
+            ) from error
+
+    async def ready(self) -> bool:
+        """The model is listed by `/v1/models`; a server without that route: `/health` is 200."""
+        try:
+            response = await self._client.get("/v1/models")
+            if response.status_code == 404:
+                return (await self._client.get("/health")).status_code == 200
+        except httpx.TransportError:
+            return False
+        if response.status_code != 200:
+            return False
+        try:
+            models = response.json().get("data", [])
+            return any(isinstance(m, dict) and m.get("id") == self._model for m in models)
+        except (json.JSONDecodeError, AttributeError):
+            return False
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def completions_body(
+    request: GenerationRequest, model: str, continuous_usage: bool = True
+) -> dict[str, Any]:
+    stream_options: dict[str, bool] = {"include_usage": True}
+    if continuous_usage:
+        stream_options["continuous_usage_stats"] = True
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": request.prompt,
+        "max_tokens": request.max_tokens,
+        "stream": True,
+        "stream_options": stream_options,
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop"] = request.stop
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.ignore_eos:
+        body["ignore_eos"] = True
+        body["min_tokens"] = request.max_tokens
+    return body
+
+
+class _TokenCounter:
+    """Turns events into chunks whose `output_tokens` add up to the server's own count."""
+
+    def __init__(self) -> None:
+        self.counted_tokens = 0  # what consumers have been told, text chunks without usage: 1
+        self.prompt_tokens: int | None = None
+
+    def chunk(self, event: dict[str, Any]) -> GenerationChunk | None:
+        choices = event.get("choices") or []
+        text = str(choices[0].get("text") or "") if choices and isinstance(choices[0], dict) else ""
+        usage = event.get("usage")
+        completion_tokens = _int_or_none(usage.get("completion_tokens")) if usage else None
+        prompt_tokens = _int_or_none(usage.get("prompt_tokens")) if usage else None
+        new_prompt_tokens = prompt_tokens is not None and prompt_tokens != self.prompt_tokens
+        if prompt_tokens is not None:
+            self.prompt_tokens = prompt_tokens
+        output_tokens: int | None = None
+        if completion_tokens is not None:
+            output_tokens = max(0, completion_tokens - self.counted_tokens)
+            self.counted_tokens += output_tokens
+        elif text:
+            self.counted_tokens += 1  # the gateway counts a text chunk without a count as one
+        if not text and not output_tokens and not new_prompt_tokens:
+            return None
+        return GenerationChunk(text=text, output_tokens=output_tokens, prompt_tokens=prompt_tokens)
+
+
+def _event(data: str) -> dict[str, Any]:
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError as error:
+        raise BackendError(
+            f"the upstream sent an event that is not JSON: {data[:200]!r}"
+        ) from error
+    if not isinstance(event, dict):
+        raise BackendError(f"the upstream sent an event that is not an object: {data[:200]!r}")
+    if "error" in event or event.get("object") == "error":  # the latter: older vLLM
+        raise BackendError(f"the upstream failed mid-stream: {upstream_message(event)}")
+    return event
+
+
+def _error_from_status(response: httpx.Response, model: str) -> Exception:
+    status = response.status_code
+    try:
+        message = upstream_message(response.json())
+    except json.JSONDecodeError:
+        message = _first_line(response.text)
+    if status in (400, 422):
+        return InvalidRequestError(f"the upstream refused the request: {message}")
+    if status in (401, 403):
+        return BackendError(
+            f"the upstream refused the gateway's key (HTTP {status}); check "
+            f"THROTTLLEM_BACKEND_API_KEY: {message}"
+        )
+    if status == 404:
+        return BackendUnavailableError(
+            f"the upstream at {response.url} answered 404 ({message}): is model {model!r} "
+            "served there, and is the backend URL the server's root, without /v1?"
+        )
+    return BackendError(f"the upstream answered HTTP {status}: {message}")
+
+
+def upstream_message(body: object) -> str:
+    """The first line of the error in OpenAI's shape, vLLM's, or FastAPI's `detail`."""
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return _first_line(str(error["message"]))
+        if error is not None:
+            return _first_line(str(error))
+        if "message" in body:
+            return _first_line(str(body["message"]))
+        detail = body.get("detail")
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            first = detail[0]
+            where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+            message = str(first.get("msg", first))
+            return _first_line(f"{where}: {message}" if where else message)
+        if detail is not None:
+            return _first_line(str(detail))
+    return _first_line(json.dumps(body))
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
+
+
+def _int_or_none(value: object) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -1,0 +1,243 @@
+"""What `/v1/completions` and `/v1/chat/completions` share: from a prompt to a response.
+
+Tokenize and predict (off the event loop), check the context window, wait for admission,
+stream from the backend, and answer whole or as SSE. A client that leaves at any point —
+queued, waiting for the first token, mid-stream — cancels the upstream request and takes
+its entry off the scoreboard at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import anyio
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from gateway.backends.base import GenerationChunk, GenerationRequest
+from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway.generation import Generation
+from gateway.schemas import FinishReason, usage
+from gateway.services import Services
+from gateway.slo import RequestSlo
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the client asked for, whichever endpoint it came through."""
+
+    model: str
+    prompt: str
+    max_tokens: int | None  # None: the settings' default, or the rest of the context
+    stream: bool
+    include_usage: bool
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    ignore_eos: bool = False
+    fill_context: bool = False  # chat: no max_tokens means up to the context window
+
+
+class ResponseShape(Protocol):
+    """How one endpoint dresses the answer (completion or chat completion)."""
+
+    def whole(self, text: str, finish_reason: FinishReason, counts: dict[str, int]) -> dict[str, Any]: ...  # fmt: skip
+    def opening(self) -> list[dict[str, Any]]: ...
+    def delta(self, text: str) -> dict[str, Any]: ...
+    def finish(self, finish_reason: FinishReason) -> dict[str, Any]: ...
+    def usage(self, counts: dict[str, int]) -> dict[str, Any]: ...
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer started."""
+
+
+async def serve(
+    http_request: Request, services: Services, asked: Asked, shape: ResponseShape
+) -> Response:
+    settings = services.settings
+    if asked.model != settings.served_model_name:
+        raise NotFoundError(
+            f"the model {asked.model!r} does not exist; this gateway serves "
+            f"{settings.served_model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+    slo = RequestSlo.from_headers(http_request.headers, settings)
+    request_id: str = http_request.state.request_id
+    prompt_tokens, max_tokens, predicted = await asyncio.to_thread(_read_prompt, services, asked)
+    if settings.log_prompts:
+        log.info("request %s prompt %r", request_id, asked.prompt)
+    generation = Generation(
+        services,
+        GenerationRequest(
+            prompt=asked.prompt,
+            max_tokens=max_tokens,
+            temperature=asked.temperature,
+            top_p=asked.top_p,
+            stop=asked.stop,
+            seed=asked.seed,
+            ignore_eos=asked.ignore_eos,
+        ),
+        request_id,
+        prompt_tokens,
+        predicted,
+        slo,
+    )
+    chunks = generation.chunks()
+    try:
+        first = await _unless_disconnected(http_request, _admit_and_start(generation, chunks))
+        if asked.stream:
+            return _EventStream(_events(generation, chunks, first, asked, shape))
+        text = first.text if first is not None else ""
+        text += await _unless_disconnected(http_request, _rest_text(chunks))
+        await _finish(generation, chunks)
+    except ClientGone:
+        await _finish(generation, chunks)
+        return Response(status_code=499)
+    except BaseException:
+        await _finish(generation, chunks)
+        raise
+    counts = usage(generation.prompt_tokens, generation.completion_tokens)
+    if settings.log_prompts:
+        log.info("request %s answer %r", request_id, text)
+    return JSONResponse(shape.whole(text, generation.finish_reason, counts))
+
+
+def _read_prompt(services: Services, asked: Asked) -> tuple[int, int, int | None]:
+    """Prompt tokens, max_tokens, and the predicted answer length (blocking: in a thread)."""
+    settings = services.settings
+    token_ids = services.tokenizer.encode(asked.prompt)
+    max_tokens = _max_tokens(asked, len(token_ids), settings.context_window_tokens,
+                             settings.default_max_tokens)  # fmt: skip
+    length = services.predictions.length
+    predicted = length.predict(token_ids, max_tokens).point() if length is not None else None
+    return len(token_ids), max_tokens, predicted
+
+
+def _max_tokens(asked: Asked, prompt_tokens: int, window: int, default: int) -> int:
+    room = window - prompt_tokens
+    if asked.max_tokens is None and asked.fill_context and room >= 1:
+        return room
+    max_tokens = asked.max_tokens if asked.max_tokens is not None else default
+    if max_tokens > room:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} "
+            "in the completion). Please reduce the prompt or max_tokens.",
+            param="max_tokens" if prompt_tokens < window else "prompt",
+            code="context_length_exceeded",
+        )
+    return max_tokens
+
+
+async def _admit_and_start(
+    generation: Generation, chunks: AsyncIterator[GenerationChunk]
+) -> GenerationChunk | None:
+    """Admission, then the first chunk: errors up to here still get a proper status."""
+    await generation.admit()
+    return await anext(chunks, None)
+
+
+async def _rest_text(chunks: AsyncIterator[GenerationChunk]) -> str:
+    return "".join([chunk.text async for chunk in chunks])
+
+
+async def _finish(generation: Generation, chunks: AsyncIterator[GenerationChunk]) -> None:
+    """Close the upstream stream and leave the board, even inside a cancelled scope."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        finally:
+            await generation.close()
+
+
+async def _unless_disconnected(http_request: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled if the client disconnects first (then ClientGone)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(http_request.receive))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientGone
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _events(
+    generation: Generation,
+    chunks: AsyncIterator[GenerationChunk],
+    first: GenerationChunk | None,
+    asked: Asked,
+    shape: ResponseShape,
+) -> AsyncIterator[str]:
+    try:
+        for opening in shape.opening():
+            yield _event(opening)
+        if first is not None and first.text:
+            yield _event(shape.delta(first.text))
+        async for chunk in chunks:
+            if chunk.text:
+                yield _event(shape.delta(chunk.text))
+        await _finish(generation, chunks)
+        yield _event(shape.finish(generation.finish_reason))
+        if asked.include_usage:
+            counts = usage(generation.prompt_tokens, generation.completion_tokens)
+            yield _event(shape.usage(counts))
+    except GatewayError as error:  # mid-stream: the status is sent; an error event says it
+        yield _event(error.body())
+    finally:
+        await _finish(generation, chunks)
+    yield "data: [DONE]\n\n"
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+class _EventStream(StreamingResponse):
+    """SSE that always listens for the client leaving, so a stream waiting on the engine
+    is cancelled at once (Starlette only listens on older ASGI servers)."""
+
+    def __init__(self, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache"})  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as task_group:
+
+            async def stream_then_stop() -> None:
+                await self.stream_response(send)
+                task_group.cancel_scope.cancel()
+
+            task_group.start_soon(stream_then_stop)
+            await _disconnect(receive)
+            task_group.cancel_scope.cancel()
+
+
+def created_now() -> int:
+    return int(time.time())

@@ -1,0 +1,208 @@
+"""The scoreboard in Redis, shared by every gateway worker and the stand-alone governor.
+
+Key layout, all under `throttllem:{instance}:` (one scoreboard per engine instance):
+
+- `throttllem:{instance}:request:{request_id}`: string, the `RequestEntry` as JSON, with a
+  millisecond TTL of `entry_ttl_s`; its worker re-arms it (`refresh`), so a dead worker's
+  requests vanish on their own.
+- `throttllem:{instance}:requests`: set of the request ids. A member whose key has expired
+  is pruned by the next `snapshot`, which then bumps the version.
+- `throttllem:{instance}:version`: integer counter, incremented whenever the set of
+  requests changes (admit, remove, expiry noticed); absent means 0.
+
+Every read-check-write is one Lua script, so compare-and-add is atomic across workers.
+The scripts build request keys from the prefix, so this needs a single Redis (or a
+replicated primary), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.state import RequestEntry, Snapshot, StateStoreError
+
+# Short, so a dead or unreachable Redis fails a request's state call in about a second
+# instead of stalling it (the failover store then serves locally).
+CONNECT_TIMEOUT_S = 1.0
+OPERATION_TIMEOUT_S = 1.0
+
+# KEYS: version, index, request key. ARGV: expected version, entry JSON, TTL ms, id.
+_ADMIT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('INCR', KEYS[1])
+return 1
+"""
+
+# KEYS: version, index. ARGV: request key prefix. Returns {version, {entry JSON, ...}}.
+_SNAPSHOT = """
+local ids = redis.call('SMEMBERS', KEYS[2])
+local entries = {}
+local pruned = 0
+for _, id in ipairs(ids) do
+  local text = redis.call('GET', ARGV[1] .. id)
+  if text then
+    entries[#entries + 1] = text
+  else
+    redis.call('SREM', KEYS[2], id)
+    pruned = pruned + 1
+  end
+end
+local version
+if pruned > 0 then
+  version = redis.call('INCR', KEYS[1])
+else
+  version = tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+return {version, entries}
+"""
+
+# KEYS: request key, index, version. ARGV: id. Returns 1 if anything was removed.
+_REMOVE = """
+local removed = redis.call('DEL', KEYS[1]) + redis.call('SREM', KEYS[2], ARGV[1])
+if removed > 0 then
+  redis.call('INCR', KEYS[3])
+  return 1
+end
+return 0
+"""
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class RedisStateStore:
+    """`StateStore` in Redis. Every failure surfaces as `StateStoreError`, naming the URL."""
+
+    def __init__(self, client: Redis, url: str, instance: str, entry_ttl_s: float) -> None:
+        if not entry_ttl_s > 0:
+            raise ValueError(f"entry_ttl_s must be positive, got {entry_ttl_s}")
+        self._client = client
+        self._url = redact_url(url)
+        self._prefix = f"throttllem:{instance}:"
+        self._request_prefix = f"{self._prefix}request:"
+        self._index_key = f"{self._prefix}requests"
+        self._version_key = f"{self._prefix}version"
+        self._ttl_ms = max(1, math.ceil(entry_ttl_s * 1000))
+        self._admit = client.register_script(_ADMIT)
+        self._snapshot = client.register_script(_SNAPSHOT)
+        self._remove = client.register_script(_REMOVE)
+
+    @classmethod
+    def connect(cls, url: str, instance: str, entry_ttl_s: float) -> RedisStateStore:
+        """A store on `url`. Connects lazily: nothing is sent until the first call."""
+        client = Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=OPERATION_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),  # fail fast; the caller decides what to do
+        )
+        return cls(client, url, instance, entry_ttl_s)
+
+    def __repr__(self) -> str:
+        return f"RedisStateStore({self._url!r}, prefix={self._prefix!r})"
+
+    def _request_key(self, request_id: str) -> str:
+        return f"{self._request_prefix}{request_id}"
+
+    @contextmanager
+    def _failures(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise StateStoreError(
+                f"Redis state store at {self._url}: {operation} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def snapshot(self) -> Snapshot:
+        with self._failures("snapshot"):
+            version, texts = await self._snapshot(
+                keys=[self._version_key, self._index_key], args=[self._request_prefix]
+            )
+        try:
+            entries = [RequestEntry.from_json(text) for text in texts]
+        except (ValueError, TypeError) as exc:
+            raise StateStoreError(
+                f"Redis state store at {self._url}: unreadable entry under {self._prefix}: {exc}"
+            ) from exc
+        entries.sort(key=lambda entry: (entry.arrival_s, entry.request_id))
+        return Snapshot(int(version), entries)
+
+    async def admit(self, entry: RequestEntry, expected_version: int) -> bool:
+        with self._failures("admit"):
+            added = await self._admit(
+                keys=[self._version_key, self._index_key, self._request_key(entry.request_id)],
+                args=[expected_version, entry.to_json(), self._ttl_ms, entry.request_id],
+            )
+        return bool(added)
+
+    async def record_tokens(self, request_id: str, generated_tokens: int, now_s: float) -> None:
+        """Read, then rewrite only if still there (XX) and keeping its TTL.
+
+        Not one script: Lua's cjson would round the wall-clock floats. Only the owning
+        worker writes an entry, one call at a time, so nothing interleaves.
+        """
+        key = self._request_key(request_id)
+        with self._failures("record_tokens"):
+            text = await self._client.get(key)
+            if text is None:
+                return
+            try:
+                entry = RequestEntry.from_json(text)
+            except (ValueError, TypeError) as exc:
+                raise StateStoreError(
+                    f"Redis state store at {self._url}: unreadable entry {key}: {exc}"
+                ) from exc
+            first_token_s = entry.first_token_s if entry.first_token_s is not None else now_s
+            updated = replace(entry, generated_tokens=generated_tokens, first_token_s=first_token_s)
+            if updated != entry:
+                await self._client.set(key, updated.to_json(), xx=True, keepttl=True)
+
+    async def remove(self, request_id: str) -> None:
+        with self._failures("remove"):
+            await self._remove(
+                keys=[self._request_key(request_id), self._index_key, self._version_key],
+                args=[request_id],
+            )
+
+    async def refresh(self, request_ids: Sequence[str]) -> None:
+        if not request_ids:
+            return
+        with self._failures("refresh"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for request_id in request_ids:
+                    pipe.pexpire(self._request_key(request_id), self._ttl_ms)
+                await pipe.execute()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers; never raises."""
+        try:
+            return bool(await self._client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def aclose(self) -> None:
+        with self._failures("close"):
+            await self._client.aclose()

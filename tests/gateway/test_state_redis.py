@@ -1,0 +1,191 @@
+"""RedisStateStore against the real Redis at 127.0.0.1:6379, one key prefix per test."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from gateway.state import RequestEntry, StateStoreError
+from gateway.state_redis import RedisStateStore, redact_url
+from tests.servers import free_ports
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def entry(request_id: str, **fields: object) -> RequestEntry:
+    values: dict[str, object] = {
+        "request_id": request_id,
+        "arrival_s": 1_700_000_000.123456,
+        "prompt_tokens": 12,
+        "max_tokens": 64,
+    }
+    values.update(fields)
+    return RequestEntry(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def raw() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def instance(raw: redis.Redis) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex}"
+    yield name
+    keys = list(raw.scan_iter(match=f"throttllem:{name}:*"))
+    if keys:
+        raw.delete(*keys)
+
+
+@pytest.fixture
+async def store(instance: str) -> AsyncIterator[RedisStateStore]:
+    store = RedisStateStore.connect(REDIS_URL, instance, entry_ttl_s=10.0)
+    yield store
+    await store.aclose()
+
+
+async def test_admit_snapshot_record_remove_round_trip(
+    store: RedisStateStore, instance: str, raw: redis.Redis
+):
+    assert await store.ping()
+    empty = await store.snapshot()
+    assert (empty.version, empty.entries) == (0, [])
+
+    first = entry("a", predicted_tokens=40, ttft_slo_s=0.5, e2e_deadline_s=1_700_000_003.25)
+    assert await store.admit(first, expected_version=0)
+    snap = await store.snapshot()
+    assert snap.version == 1
+    assert snap.entries == [first]
+    assert snap.entries[0].tbt_slo_s == math.inf  # absent promises survive JSON as inf
+
+    # A stale version adds nothing and leaves the version alone.
+    assert not await store.admit(entry("b"), expected_version=0)
+    assert await store.snapshot() == snap
+
+    await store.record_tokens("a", 3, now_s=1_700_000_000.5)
+    await store.record_tokens("a", 7, now_s=1_700_000_001.0)
+    (recorded,) = (await store.snapshot()).entries
+    assert (recorded.generated_tokens, recorded.first_token_s) == (7, 1_700_000_000.5)
+    assert 0 < raw.pttl(f"throttllem:{instance}:request:a") <= 10_000  # TTL kept
+    await store.record_tokens("ghost", 1, now_s=1.0)
+    assert not raw.exists(f"throttllem:{instance}:request:ghost")  # never resurrected
+
+    await store.remove("a")
+    after = await store.snapshot()
+    assert (after.version, after.entries) == (2, [])
+    await store.remove("a")  # nothing left to remove: the version stays
+    assert (await store.snapshot()).version == 2
+    assert set(raw.keys(f"throttllem:{instance}:*")) == {f"throttllem:{instance}:version".encode()}
+
+
+async def test_concurrent_admits_on_one_version_let_exactly_one_in(instance: str):
+    stores = [RedisStateStore.connect(REDIS_URL, instance, 10.0) for _ in range(20)]
+    try:
+        version = (await stores[0].snapshot()).version
+        results = await asyncio.gather(
+            *(store.admit(entry(f"r{i}"), version) for i, store in enumerate(stores))
+        )
+        assert sum(results) == 1
+        snap = await stores[0].snapshot()
+        assert snap.version == version + 1
+        assert [e.request_id for e in snap.entries] == [f"r{results.index(True)}"]
+    finally:
+        await asyncio.gather(*(store.aclose() for store in stores))
+
+
+async def test_unrefreshed_entries_expire_and_change_the_version(instance: str):
+    store = RedisStateStore.connect(REDIS_URL, instance, entry_ttl_s=0.5)
+    try:
+        assert await store.admit(entry("kept", arrival_s=1.0), 0)
+        assert await store.admit(entry("dropped", arrival_s=2.0), 1)
+        start_s = time.monotonic()
+        checked_expiry = False
+        while (elapsed_s := time.monotonic() - start_s) < 1.5:
+            await store.refresh(["kept", "never-admitted"])
+            if not checked_expiry and elapsed_s >= 0.7:
+                snap = await store.snapshot()
+                assert [e.request_id for e in snap.entries] == ["kept"]
+                assert snap.version == 3  # the expiry was noticed and counted once
+                checked_expiry = True
+            await asyncio.sleep(0.2)
+        snap = await store.snapshot()
+        assert checked_expiry
+        assert [e.request_id for e in snap.entries] == ["kept"]
+        assert snap.version == 3
+    finally:
+        await store.aclose()
+
+
+async def test_same_instance_shares_different_instances_are_isolated(instance: str):
+    other_instance = f"{instance}-other"
+    one = RedisStateStore.connect(REDIS_URL, instance, 10.0)
+    two = RedisStateStore.connect(REDIS_URL, instance, 10.0)
+    elsewhere = RedisStateStore.connect(REDIS_URL, other_instance, 10.0)
+    try:
+        assert await one.admit(entry("x", worker="h:1"), 0)
+        seen = await two.snapshot()
+        assert [e.request_id for e in seen.entries] == ["x"]
+        assert await two.admit(entry("y", arrival_s=1_700_000_001.0, worker="h:2"), seen.version)
+        assert [e.worker for e in (await one.snapshot()).entries] == ["h:1", "h:2"]
+        assert not await one.admit(entry("z"), seen.version)  # two moved the version on
+
+        isolated = await elsewhere.snapshot()
+        assert (isolated.version, isolated.entries) == (0, [])
+        assert await elsewhere.admit(entry("w"), 0)
+        await elsewhere.remove("x")  # not its request: the shared scoreboard keeps it
+        assert len((await one.snapshot()).entries) == 2
+    finally:
+        for store in (one, two, elsewhere):
+            await store.aclose()
+        with redis.Redis.from_url(REDIS_URL) as raw:
+            keys = list(raw.scan_iter(match=f"throttllem:{other_instance}:*"))
+            if keys:
+                raw.delete(*keys)
+
+
+async def test_unreachable_redis_fails_fast_with_the_url_and_no_password():
+    (closed_port,) = free_ports(1)
+    url = f"redis://user:s3cret@127.0.0.1:{closed_port}/0"
+    store = RedisStateStore.connect(url, "unreachable", 10.0)
+    try:
+        start_s = time.monotonic()
+        assert not await store.ping()
+        calls = [
+            store.snapshot(),
+            store.admit(entry("a"), 0),
+            store.record_tokens("a", 1, 1.0),
+            store.remove("a"),
+            store.refresh(["a"]),
+        ]
+        for call in calls:
+            with pytest.raises(StateStoreError) as raised:
+                await call
+            message = str(raised.value)
+            assert f"127.0.0.1:{closed_port}" in message
+            assert "s3cret" not in message
+        assert time.monotonic() - start_s < 3.0
+    finally:
+        await store.aclose()
+
+
+async def test_an_unreadable_entry_is_a_state_store_error(
+    store: RedisStateStore, instance: str, raw: redis.Redis
+):
+    raw.set(f"throttllem:{instance}:request:bad", b"not json", px=10_000)
+    raw.sadd(f"throttllem:{instance}:requests", "bad")
+    with pytest.raises(StateStoreError, match="unreadable entry"):
+        await store.snapshot()
+
+
+def test_redact_url_hides_only_the_password():
+    assert redact_url("redis://u:pw@h:6379/0") == "redis://u:***@h:6379/0"
+    assert redact_url("redis://:pw@h/1") == "redis://:***@h/1"
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
