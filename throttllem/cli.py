@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         "THROTTLLEM_* environment variables (see docs/configuration.md).",
     )
     _add_gateway_address(serve)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway worker processes (default: 1); more than one needs THROTTLLEM_REDIS_URL, "
+        "so that all of them share one scoreboard",
+    )
     serve.set_defaults(handler=_serve)
 
     twin = commands.add_parser(
@@ -98,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     twin_bench.set_defaults(handler=_bench_twin)
     add_predictor_bench(benches)
     add_planner_bench(benches)
+    gateway_bench = benches.add_parser(
+        "gateway",
+        help="the latency the gateway adds in front of an instant Triton upstream; max req/s",
+        description="Open-loop Poisson load straight to an instant Triton upstream and through "
+        "the gateway (`throttllem serve`): added latency p50/p99, added gap between streamed "
+        "events, and completed req/s of a closed loop. The load generator shares the cores.",
+    )
+    gateway_bench.add_argument("--json", type=Path, default=None, help="write the report here")
+    gateway_bench.add_argument("--rate", type=float, default=200.0, help="req/s (default: 200)")
+    gateway_bench.add_argument(
+        "--duration-s", type=float, default=10.0, help="seconds of each measured run (default: 10)"
+    )
+    gateway_bench.set_defaults(handler=_bench_gateway)
     add_profile_command(commands)
     add_train_command(commands)
 
@@ -209,10 +229,21 @@ def _bench_twin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_gateway(args: argparse.Namespace) -> int:
+    from throttllem.bench_gateway import BenchOptions, bench_gateway
+
+    try:
+        bench_gateway(args.json, BenchOptions(rate_per_s=args.rate, duration_s=args.duration_s))
+    except RuntimeError as error:
+        print(f"throttllem bench gateway: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from throttllem.stack import serve_gateway
 
-    return serve_gateway(host=args.host, port=args.port)
+    return serve_gateway(host=args.host, port=args.port, workers=args.workers)
 
 
 def _run(args: argparse.Namespace) -> int:

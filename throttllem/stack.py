@@ -43,9 +43,18 @@ def triton_log_file(ports: TwinPorts) -> Path:
     return Path(tempfile.gettempdir()) / f"throttllem-triton-{ports.http}.log"
 
 
-def serve_gateway(host: str | None, port: int | None) -> int:
+def serve_gateway(host: str | None, port: int | None, workers: int = 1) -> int:
     settings = _with_address(Settings(), host, port)
-    _serve(settings)
+    if workers <= 1:
+        _serve(settings)
+        return 0
+    if settings.redis_url is None:
+        log.error("%d workers need a shared scoreboard: set THROTTLLEM_REDIS_URL", workers)
+        return 2
+    # Each worker process builds the app from the same THROTTLLEM_* environment.
+    with suppress(KeyboardInterrupt):
+        uvicorn.run("gateway.app:create_app", factory=True, host=settings.host,
+                    port=settings.port, workers=workers, log_level="warning")  # fmt: skip
     return 0
 
 

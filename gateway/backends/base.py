@@ -10,6 +10,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import httpx
+
+# The gateway's admission bounds the streams in flight. httpx's default of 100 connections
+# would queue the rest inside the client, out of the gateway's sight, and a full pool can
+# wedge for good once cancelled requests leak its slots (encode/httpcore#1093).
+POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=512)
+
 
 @dataclass(frozen=True)
 class GenerationRequest:

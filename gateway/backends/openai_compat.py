@@ -32,15 +32,11 @@ from typing import Any
 
 import httpx
 
-from gateway.backends.base import GenerationChunk, GenerationRequest
+from gateway.backends.base import POOL_LIMITS, GenerationChunk, GenerationRequest
 from gateway.backends.sse import sse_data
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
 DONE = "[DONE]"
-# The gateway's admission bounds the streams in flight. httpx's default of 100 connections
-# would queue the rest inside the client, out of the gateway's sight, and a full pool can
-# wedge for good once cancelled requests leak its slots (encode/httpcore#1093).
-POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=512)
 
 
 class OpenAICompatibleBackend:

@@ -1,0 +1,37 @@
+"""A very short `bench gateway`: the report has every figure; no timing is judged."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from throttllem.bench_gateway import BenchOptions, bench_gateway, gateway_command
+
+
+def test_a_short_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    options = BenchOptions(
+        rate_per_s=20, duration_s=0.3, stream_rate_per_s=10, warmup_s=0.1,
+        max_rps_concurrency=4, max_rps_duration_s=0.3, max_rps_workers=1,
+    )  # fmt: skip
+    bench_gateway(tmp_path / "gateway.json", options)
+    report = json.loads((tmp_path / "gateway.json").read_text())
+    assert set(report) >= {"added_latency_ms", "stream_chunk_added_ms", "max_rps", "setting",
+                           "direct_ms", "gateway_ms"}  # fmt: skip
+    assert set(report["added_latency_ms"]) == {"p50", "p99"}
+    assert math.isfinite(report["added_latency_ms"]["p50"])
+    assert math.isfinite(report["stream_chunk_added_ms"]["p50"])
+    assert report["max_rps"] > 0
+    for side in ("direct_ms", "gateway_ms"):
+        assert report[side]["p50"] > 0
+        assert report[side]["p99"] >= report[side]["p50"]
+        assert report[side]["stream_chunk_p50"] >= 0
+        assert report[side]["requests"] > 0
+        assert report[side]["errors"] == 0
+    assert report["setting"]["rate_per_s"] == 20
+    assert "latency p99 ms" in capsys.readouterr().out
+
+
+def test_more_workers_are_asked_of_serve_with_its_flag():
+    assert gateway_command(9000, workers=2)[-2:] == ["--workers", "2"]
+    assert "--workers" not in gateway_command(9000)
