@@ -52,6 +52,8 @@ class AdmissionPlanner:
     def verdict(
         self, entries: Sequence[RequestEntry], candidate: RequestEntry, now_s: float
     ) -> Verdict:
+        if not entries:  # nobody to protect: the engine is the judge of what fits
+            return Verdict.ADMIT
         decision = admit(self.board(entries, now_s), _requests([candidate]), self.model,
                          self.horizon)  # fmt: skip
         if decision.admit:

@@ -6,54 +6,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
 
-from tests.servers import free_ports, processes_with_argument, wait_for_http
+from tests.integration.stack import Stack, running_stack
+from tests.servers import processes_with_argument
 
 MODEL = "llama-2-13b"
 
 
-@dataclass
-class Stack:
-    process: subprocess.Popen[str]
-    base_url: str
-    control_url: str
-    triton_http_port: int
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    gateway_port, http_port, grpc_port, metrics_port, control_port = free_ports(5)
-    command = [
-        sys.executable, "-m", "throttllem", "run", "--port", str(gateway_port),
-        "--twin-http-port", str(http_port), "--twin-grpc-port", str(grpc_port),
-        "--twin-metrics-port", str(metrics_port), "--twin-control-port", str(control_port),
-    ]  # fmt: skip
-    log_path = tmp_path_factory.mktemp("stack") / "throttllem-run.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-    base_url = f"http://127.0.0.1:{gateway_port}"
-    try:
-        try:
-            wait_for_http(f"{base_url}/health/ready", 120, lambda: process.poll() is None)
-        except (RuntimeError, TimeoutError):
-            print(log_path.read_text())
-            raise
-        yield Stack(process, base_url, f"http://127.0.0.1:{control_port}", http_port)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
 
 
 @pytest.fixture

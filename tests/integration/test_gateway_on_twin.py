@@ -1,0 +1,246 @@
+"""The gateway's promises on real parts: the official `openai` client (sync and async,
+streamed), the twin in a real Triton, a real Redis shared by four uvicorn workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.state_redis import RedisStateStore
+from predictor.shipped import length_model_path, performance_model_path
+from tests.integration.stack import Stack, running_stack
+from tests.servers import free_ports, wait_for_http
+
+MODEL = "llama-2-13b"
+ADMIN = {"Authorization": "Bearer admin-secret"}
+REDIS_URL = "redis://127.0.0.1:6379/0"
+LONG_PROMPT = "Tell me everything about the history of the bicycle. " * 60  # ~600 tokens
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"THROTTLLEM_ADMIN_TOKEN": "admin-secret"}
+    with running_stack(tmp_path_factory.mktemp("stack"), env) as stack:
+        yield stack
+
+
+@contextmanager
+def gateway(stack: Stack, log_dir: Path, env: dict[str, str], workers: int = 1) -> Iterator[str]:
+    """`throttllem serve` in front of the stack's twin, configured by `env`."""
+    (port,) = free_ports(1)
+    settings = {
+        "THROTTLLEM_BACKEND_URL": f"http://127.0.0.1:{stack.triton_http_port}",
+        "THROTTLLEM_SERVED_MODEL_NAME": MODEL,
+        "THROTTLLEM_ADMIN_TOKEN": "admin-secret",
+        **env,
+    }
+    command = [sys.executable, "-m", "throttllem", "serve", "--port", str(port),
+               "--workers", str(workers)]  # fmt: skip
+    log_path = log_dir / f"serve-{port}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **settings})  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_for_http(f"{base_url}/health/ready", 60, lambda: process.poll() is None)
+        except (RuntimeError, TimeoutError):
+            print(log_path.read_text())
+            raise
+        yield base_url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def eventually(condition: Callable[[], bool], within_s: float = 3.0) -> bool:
+    deadline_s = time.monotonic() + within_s
+    while time.monotonic() < deadline_s:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+async def eventually_empty(store: RedisStateStore, within_s: float = 3.0) -> bool:
+    deadline_s = time.monotonic() + within_s
+    while time.monotonic() < deadline_s:
+        if not (await store.snapshot()).entries:
+            return True
+        await asyncio.sleep(0.05)
+    return not (await store.snapshot()).entries
+
+
+def scoreboard(base_url: str) -> list[dict]:
+    return httpx.get(f"{base_url}/admin/scoreboard", headers=ADMIN).json()["requests"]
+
+
+def engine_active(stack: Stack) -> int:
+    for line in httpx.get(f"{stack.control_url}/metrics").text.splitlines():
+        if line.startswith("nv_trt_llm_request_metrics{") and 'request_type="active"' in line:
+            return int(float(line.split()[-1]))
+    raise AssertionError("the twin exports no active-request count")
+
+
+def first_event(response: httpx.Response) -> Iterator[str]:
+    """Read up to the first SSE event; the lines stay open (a dropped line iterator would
+    close the connection, which the gateway rightly takes for a client leaving)."""
+    lines = response.iter_lines()
+    next(line for line in lines if line.startswith("data: "))
+    return lines
+
+
+def long_stream(client: httpx.Client, base_url: str, **headers: str):
+    body = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    return client.stream("POST", f"{base_url}/v1/completions", json=body, headers=headers)
+
+
+def test_chat_through_the_official_client_whole_and_streamed(stack: Stack):
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    whole = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, extra_body={"ignore_eos": True}
+    )
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].message.content
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == 8
+    assert whole.usage.prompt_tokens > 10  # the Llama 3 template's headers count
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=6, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        )
+    )  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    contents = [c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].delta.content]  # fmt: skip
+    assert len(contents) == 6
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+
+
+async def test_the_async_client_streams_completions_and_chat(stack: Stack):
+    async with openai.AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key="unused") as client:
+        completion, chat = await asyncio.gather(
+            client.completions.create(model=MODEL, prompt="Say hello", max_tokens=5, stream=True,
+                                      extra_body={"ignore_eos": True}),
+            client.chat.completions.create(model=MODEL, max_tokens=5, stream=True,
+                                           messages=[{"role": "user", "content": "Say hello"}],
+                                           extra_body={"ignore_eos": True}),
+        )  # fmt: skip
+        texts = [c.choices[0].text async for c in completion if c.choices[0].text]
+        deltas = [c.choices[0].delta.content async for c in chat if c.choices[0].delta.content]
+    assert len(texts) == 5 and len(deltas) == 5
+
+
+def test_request_ids_are_echoed_or_made_and_bad_slo_headers_are_refused(stack: Stack):
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+    echoed = httpx.post(f"{stack.base_url}/v1/completions", json=body,
+                        headers={"x-request-id": "caller-42"})  # fmt: skip
+    assert echoed.status_code == 200 and echoed.headers["x-request-id"] == "caller-42"
+    made = httpx.post(f"{stack.base_url}/v1/completions", json=body,
+                      headers={"x-slo-ttft-ms": "500", "x-slo-tpot-ms": "100"})  # fmt: skip
+    assert made.status_code == 200 and len(made.headers["x-request-id"]) == 32
+    refused = httpx.post(f"{stack.base_url}/v1/completions", json=body,
+                         headers={"x-slo-e2e-ms": "-3"})  # fmt: skip
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "x-slo-e2e-ms"
+    assert "x-request-id" in refused.headers
+
+
+def test_a_client_that_leaves_mid_stream_leaves_the_board_at_once(stack: Stack):
+    # The gateway closes its upstream stream. Triton's HTTP frontend does not cancel a
+    # request whose client left (only gRPC clients can, per Triton's docs), and neither
+    # does the twin under PyTriton: the engine finishes it, which is not asserted here.
+    with httpx.Client(timeout=30) as client, long_stream(client, stack.base_url,
+                                                         **{"x-request-id": "leaver"}) as stream:  # fmt: skip
+        _open_lines = first_event(stream)
+        assert [e["request_id"] for e in scoreboard(stack.base_url)] == ["leaver"]
+        assert engine_active(stack) == 1
+    assert eventually(lambda: scoreboard(stack.base_url) == [])
+    metrics = httpx.get(f"{stack.base_url}/metrics").text
+    assert "throttllem_requests_cancelled_total 1.0" in metrics
+
+
+def test_a_client_that_leaves_a_whole_answer_leaves_the_board_too(stack: Stack):
+    body = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=httpx.Timeout(1.0))
+    assert eventually(lambda: scoreboard(stack.base_url) == [])
+
+
+def test_a_full_queue_gets_429_with_retry_after_and_keys_are_required(stack: Stack, tmp_path: Path):
+    # 20 KV blocks hold one ~600-token prompt with its predicted answer, not two: the second waits,
+    # and with no queue it is refused.
+    env = {
+        "THROTTLLEM_LENGTH_MODEL_PATH": str(length_model_path("llama-2-13b-chat-hf")),
+        "THROTTLLEM_PERFORMANCE_MODEL_PATH": str(performance_model_path("a100-40gb/llama-2-13b/tp1")),
+        "THROTTLLEM_ENGINE_KV_CAPACITY_BLOCKS": "20",
+        "THROTTLLEM_MAX_QUEUE": "0",
+        "THROTTLLEM_RETRY_AFTER_S": "2",
+        "THROTTLLEM_API_KEYS": "key-one,key-two",
+    }  # fmt: skip
+    with gateway(stack, tmp_path, env) as base_url:
+        keyless = openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            keyless.completions.create(model=MODEL, prompt="hi", max_tokens=2)
+        key = {"Authorization": "Bearer key-two"}
+        with httpx.Client(timeout=30) as client:
+            with long_stream(client, base_url, **key) as first:
+                assert first.status_code == 200
+                _open_lines = first_event(first)
+                with long_stream(client, base_url, **key) as second:
+                    second.read()
+                    assert second.status_code == 429
+                    assert second.headers["retry-after"] == "2"
+                    assert second.json()["error"]["type"] == "rate_limit_error"
+            assert eventually(lambda: scoreboard(base_url) == [])
+            with long_stream(client, base_url, **key) as third:
+                assert third.status_code == 200
+        metrics = httpx.get(f"{base_url}/metrics").text
+        assert 'throttllem_admissions_total{outcome="queue_full"} 1.0' in metrics
+
+
+async def test_four_workers_share_one_scoreboard_in_redis(stack: Stack, tmp_path: Path):
+    instance = f"test-{uuid.uuid4().hex[:8]}"
+    env = {"THROTTLLEM_REDIS_URL": REDIS_URL, "THROTTLLEM_INSTANCE": instance}
+    store = RedisStateStore.connect(REDIS_URL, instance, entry_ttl_s=10)
+    body = {"model": MODEL, "prompt": "Count to a thousand.", "max_tokens": 300, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    with gateway(stack, tmp_path, env, workers=4) as base_url:
+        clients = [httpx.AsyncClient(timeout=30) for _ in range(12)]  # 12 connections
+        streams = [c.stream("POST", f"{base_url}/v1/completions", json=body) for c in clients]
+        responses = await asyncio.gather(*(s.__aenter__() for s in streams))
+        try:
+            open_lines = [r.aiter_lines() for r in responses]  # held: dropping one hangs up
+            for lines in open_lines:
+                async for line in lines:
+                    if line.startswith("data: "):
+                        break
+            ids = {r.headers["x-request-id"] for r in responses}
+            entries = (await store.snapshot()).entries
+            assert {e.request_id for e in entries} == ids
+            assert len({e.worker for e in entries}) >= 2, "the requests all went to one worker"
+        finally:
+            for stream in streams:
+                await stream.__aexit__(None, None, None)
+            for client in clients:
+                await client.aclose()
+        assert await eventually_empty(store)
+    await store.aclose()
