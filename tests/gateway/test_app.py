@@ -122,3 +122,93 @@ async def test_the_shipped_models_load():
         assert predictions.problems == {}
         assert predictions.length is not None and predictions.performance is not None
         assert predictions.performance.grid.tp == 1
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway with client keys, an admin token and a small body limit; backend down."""
+    (closed_port,) = free_ports(1)
+    settings = Settings(
+        backend_url=f"http://127.0.0.1:{closed_port}",
+        backend_connect_timeout_s=1.0,
+        api_keys=["client-key"],
+        admin_token="admin-key",
+        max_body_bytes=2048,
+        context_window_tokens=64,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
+                                     headers={"Authorization": "Bearer client-key"}) as client:  # fmt: skip
+            yield client
+
+
+async def test_without_a_valid_key_a_401_and_with_one_the_request_goes_on(guarded):
+    body = completion_body()
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer nope"}):
+        error = assert_openai_error(
+            await guarded.post("/v1/completions", json=body, headers=headers), 401,
+            "invalid_request_error",
+        )  # fmt: skip
+        assert error["code"] == "invalid_api_key"
+    assert (await guarded.get("/v1/models", headers={"Authorization": ""})).status_code == 401
+    assert (await guarded.post("/v1/completions", json=body)).status_code == 503  # past the key
+    assert (await guarded.get("/health/live", headers={"Authorization": ""})).status_code == 200
+
+
+async def test_admin_endpoints_need_their_own_token_and_are_off_without_one(guarded, gateway):
+    assert (await guarded.get("/admin/scoreboard")).status_code == 401  # a client key is not it
+    answer = await guarded.get("/admin/scoreboard", headers={"Authorization": "Bearer admin-key"})
+    assert answer.status_code == 200 and answer.json()["requests"] == []
+    assert_openai_error(await gateway.get("/admin/scoreboard"), 404, "not_found_error")
+
+
+async def test_a_failed_request_leaves_nothing_on_the_board(guarded):
+    for stream in (False, True):
+        await guarded.post("/v1/completions", json=completion_body(stream=stream))
+    answer = await guarded.get("/admin/scoreboard", headers={"Authorization": "Bearer admin-key"})
+    assert answer.json()["requests"] == [] and answer.json()["waiting_here"] == 0
+
+
+async def test_a_body_over_the_limit_gets_a_413_declared_or_chunked(guarded):
+    big = completion_body(prompt="x" * 4000)
+    assert_openai_error(await guarded.post("/v1/completions", json=big), 413,
+                        "invalid_request_error")  # fmt: skip
+
+    async def chunked():
+        yield b'{"model": "llama-2-13b", "prompt": "'
+        for _ in range(10):
+            yield b"y" * 500
+        yield b'"}'
+
+    response = await guarded.post("/v1/completions", content=chunked(),
+                                  headers={"content-type": "application/json"})  # fmt: skip
+    assert_openai_error(response, 413, "invalid_request_error")
+    assert response.headers["x-request-id"]
+
+
+async def test_a_prompt_over_the_context_window_gets_a_400(guarded):
+    response = await guarded.post(
+        "/v1/completions", json=completion_body(prompt="word " * 70, max_tokens=4)
+    )
+    error = assert_openai_error(response, 400, "invalid_request_error")
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+    response = await guarded.post(
+        "/v1/completions", json=completion_body(prompt="hi", max_tokens=100)
+    )
+    assert assert_openai_error(response, 400, "invalid_request_error")["param"] == "max_tokens"
+
+
+async def test_prompts_stay_out_of_the_logs_unless_asked(caplog: pytest.LogCaptureFixture):
+    secret = "my-secret-prompt-words"
+    for log_prompts in (False, True):
+        caplog.clear()
+        app = create_app(Settings(backend_url="http://127.0.0.1:9", log_prompts=log_prompts,
+                                  backend_connect_timeout_s=1.0))  # fmt: skip
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://g") as client:
+                with caplog.at_level("DEBUG"):
+                    await client.post("/v1/completions", json=completion_body(prompt=secret))
+        assert (secret in caplog.text) is log_prompts
