@@ -43,6 +43,7 @@ class Generation:
         self._arrival_s = time.monotonic()
         self._first_token_s: float | None = None
         self._last_token_s: float | None = None
+        self._recorded_s: float | None = None  # when the board last heard its count
         self._finished = False
 
     @property
@@ -125,8 +126,12 @@ class Generation:
         else:
             metrics.tbt_s.observe(now_s - self._last_token_s)
         self._last_token_s = now_s
-        await self._services.store.record_tokens(
-            self.request_id,
-            self.completion_tokens,
-            self._arrival_wall_s + (now_s - self._arrival_s),
-        )
+        # The first token moves it from queued to running; after that, the board needs its
+        # count once per decision window, not once per token (a Redis write each).
+        window_s = self._services.settings.governor_window_ms / 1000
+        if self._recorded_s is None or now_s - self._recorded_s >= window_s:
+            self._recorded_s = now_s
+            wall_s = self._arrival_wall_s + (now_s - self._arrival_s)
+            await self._services.store.record_tokens(
+                self.request_id, self.completion_tokens, wall_s
+            )

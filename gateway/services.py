@@ -41,7 +41,8 @@ class Services:
             self.governor.poke()
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
+    """Async on purpose: FastAPI runs a plain `def` dependency in a worker thread."""
     services: Services = request.app.state.services
     return services
 

@@ -26,11 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -44,6 +44,7 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 CLIENTS = 16
 REQUEST_TIMEOUT_S = 20.0  # an overloaded gateway fails requests instead of stalling
+T = TypeVar("T")
 TARGETS_MS = {"added_p50": 2.0, "added_p99": 10.0, "stream_chunk_added_p50": 0.5}
 
 
@@ -56,6 +57,8 @@ class BenchOptions:
     max_rps_concurrency: int = 64
     max_rps_duration_s: float = 3.0
     max_rps_workers: int = 2
+    # More than one worker needs the shared scoreboard; each run gets a scoreboard of its own.
+    redis_url: str = "redis://127.0.0.1:6379/0"
     seed: int = 0
 
 
@@ -74,9 +77,12 @@ def bench_gateway(json_path: Path | None, options: BenchOptions | None = None) -
     with _server(upstream_command, os.environ.copy(), f"{upstream_url}/v2/health/ready"):
         env = _gateway_env(upstream_url)
         with _server(gateway_command(gateway_port), env, f"{gateway_url}/health/ready"):
-            runs = asyncio.run(_latency_runs(upstream_url, gateway_url, options))
-        with _server(gateway_command(gateway_port, workers), env, f"{gateway_url}/health/ready"):
-            max_rps = asyncio.run(_max_rps(gateway_url, options))
+            runs = _run(_latency_runs(upstream_url, gateway_url, options))
+        workers_env = (env | _scoreboard_env(options.redis_url)) if workers > 1 else env
+        with _server(
+            gateway_command(gateway_port, workers), workers_env, f"{gateway_url}/health/ready"
+        ):
+            max_rps = _run(_max_rps(gateway_url, options))
     report = _report(runs, max_rps, workers, options)
     _print(report)
     if json_path is not None:
@@ -105,6 +111,27 @@ def _gateway_env(upstream_url: str) -> dict[str, str]:
         "THROTTLLEM_SERVED_MODEL_NAME": MODEL,
         "THROTTLLEM_GPU_BACKEND": "none",
     }
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(main)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed, as the servers run: the load generator, sharing their
+    cores, then takes less of them. None: asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _scoreboard_env(redis_url: str) -> dict[str, str]:
+    """A shared scoreboard for several workers, under an instance name no other run uses."""
+    instance = f"bench-gateway-{os.getpid()}-{time.time_ns()}"
+    return {"THROTTLLEM_REDIS_URL": redis_url, "THROTTLLEM_INSTANCE": instance}
 
 
 async def _latency_runs(
@@ -290,6 +317,7 @@ def _report(
         "setting": asdict(options) | {
             "max_rps_workers": workers,
             "max_rps_workers_asked": options.max_rps_workers,
+            "max_rps_scoreboard": f"redis {options.redis_url}" if workers > 1 else "memory",
             "latency_gateway_workers": 1,
             "arrivals": "poisson, open loop",
             "load_clients": f"{CLIENTS} keep-alive httpx clients taken in turn (one client "
@@ -301,6 +329,7 @@ def _report(
             "added_latency": "percentile of gateway latency minus the same percentile direct",
             "latency_from": "the moment each request is sent (send_lag_p99: how late the load "
             "generator sent against its schedule)",
+            "load_event_loop": "asyncio" if _loop_factory() is None else "uvloop",
             "cpu_cores": os.cpu_count(),
             "shared_cores": "load generator, upstream and gateway share the machine's cores",
         },
@@ -333,7 +362,8 @@ def _print(report: dict[str, Any]) -> None:
     workers = s["max_rps_workers"]
     note = "" if workers == s["max_rps_workers_asked"] else " (serve has no --workers)"
     print(f"  max_rps: {report['max_rps']:.0f} completed req/s, closed loop of "
-          f"{s['max_rps_concurrency']} for {s['max_rps_duration_s']:g} s, {workers} worker(s){note}")  # fmt: skip
+          f"{s['max_rps_concurrency']} for {s['max_rps_duration_s']:g} s, {workers} worker(s){note}, "
+          f"scoreboard {s['max_rps_scoreboard']}")  # fmt: skip
     for name, side in (("direct", direct), ("gateway", gateway)):
         error = f", first: {side['first_error']}" if side["errors"] else ""
         print(f"  {name}: {side['requests']} requests ({side['completed_per_s']:.0f}/s completed), "

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from gateway.backends.base import POOL_LIMITS, GenerationChunk, GenerationRequest
+from gateway.backends.base import GenerationChunk, GenerationRequest, ShardedTransport
 from gateway.backends.sse import sse_data
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
@@ -62,7 +62,7 @@ class OpenAICompatibleBackend:
         client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
-            limits=POOL_LIMITS,
+            transport=ShardedTransport(),
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
         )
         return cls(client, model, continuous_usage)

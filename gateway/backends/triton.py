@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from gateway.backends.base import POOL_LIMITS, GenerationChunk, GenerationRequest
+from gateway.backends.base import GenerationChunk, GenerationRequest, ShardedTransport
 from gateway.backends.sse import sse_data
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
@@ -37,7 +37,7 @@ class TritonBackend:
         cls, base_url: str, model: str, timeout_s: float, connect_timeout_s: float
     ) -> TritonBackend:
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        client = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=POOL_LIMITS)
+        client = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=ShardedTransport())
         return cls(client, model)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
