@@ -70,6 +70,7 @@ class Admission:
         self._sequence = itertools.count()
         self._wake = asyncio.Event()
         self._owned: set[str] = set()
+        self._attempt = asyncio.Lock()
 
     @property
     def waiting(self) -> int:
@@ -151,7 +152,14 @@ class Admission:
             head.admitted.set_result(self._admitted(head.entry, lost, head.queued_at_s))
 
     async def _try(self, entry: RequestEntry) -> bool | None:
-        """Admit it if the planner allows: whether it is lost; None if it must wait."""
+        """Admit it if the planner allows: whether it is lost; None if it must wait.
+
+        One attempt at a time per worker: concurrent attempts of one worker would only
+        move each other's version and retry; across workers, compare-and-add decides."""
+        async with self._attempt:
+            return await self._try_alone(entry)
+
+    async def _try_alone(self, entry: RequestEntry) -> bool | None:
         for _ in range(_RACES_BEFORE_QUEUEING):
             snapshot = await self._store.snapshot()
             verdict = Verdict.ADMIT
