@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.schemas import FinishReason, StreamOptions
+from gateway.schemas import FinishReason, GenerationFields
 
 Role = Literal["system", "developer", "user", "assistant"]
 
@@ -69,24 +69,12 @@ def join_text_parts(parts: list[Any]) -> str:
     return TEXT_PART_SEPARATOR.join(texts)
 
 
-class ChatCompletionRequest(BaseModel):
-    """`POST /v1/chat/completions`. Unknown fields are refused rather than silently ignored."""
+class ChatCompletionRequest(GenerationFields):
+    """`POST /v1/chat/completions`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
     messages: list[ChatMessage]
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    ignore_eos: bool = False
-    user: str | None = None
 
     @field_validator("messages")
     @classmethod
@@ -94,20 +82,6 @@ class ChatCompletionRequest(BaseModel):
         if not messages:
             raise ValueError("messages must not be empty")
         return messages
-
-    @field_validator("n")
-    @classmethod
-    def _n_is_one(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return stop
 
     @model_validator(mode="after")
     def _one_token_limit(self) -> ChatCompletionRequest:
@@ -120,16 +94,6 @@ class ChatCompletionRequest(BaseModel):
     def max_tokens_asked(self) -> int | None:
         """The output limit under either name (`max_tokens` is the older one); None if unset."""
         return self.max_completion_tokens if self.max_tokens is None else self.max_tokens
-
-    @property
-    def stop_sequences(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-    @property
-    def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
 
     @property
     def template_messages(self) -> list[dict[str, str]]:

@@ -13,14 +13,13 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """`POST /v1/completions`. Unknown fields are refused rather than silently ignored."""
+class GenerationFields(BaseModel):
+    """What completions and chat completions share. Unknown fields are refused rather than
+    silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    prompt: str | list[str]
-    max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
@@ -30,13 +29,6 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     user: str | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError("exactly one prompt per request is supported")
-        return prompt
 
     @field_validator("n")
     @classmethod
@@ -53,10 +45,6 @@ class CompletionRequest(BaseModel):
         return stop
 
     @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-
-    @property
     def stop_sequences(self) -> list[str]:
         if self.stop is None:
             return []
@@ -65,6 +53,24 @@ class CompletionRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(GenerationFields):
+    """`POST /v1/completions`."""
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(None, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError("exactly one prompt per request is supported")
+        return prompt
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
 FinishReason = Literal["stop", "length"]
