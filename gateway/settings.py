@@ -21,6 +21,8 @@ class BackendKind(str, Enum):
 
 class GpuBackendKind(str, Enum):
     simulated = "simulated"
+    nvml = "nvml"
+    observe = "observe"
     none = "none"
 
 
@@ -147,8 +149,9 @@ class Settings(BaseSettings):
 
     gpu_backend: GpuBackendKind = Field(
         GpuBackendKind.none,
-        description="GPU clock backend of the embedded governor: `simulated` (the twin's "
-        "control API) or `none` (no governor in this process).",
+        description="GPU clock backend of the governor: `simulated` (the twin's control "
+        "API), `nvml` (real GPUs; `throttllem govern` only), `observe` (NVML, decide but "
+        "never change a clock; `throttllem govern` only) or `none` (no governor).",
     )
     gpu_control_url: str = Field(
         "http://127.0.0.1:8013", description="Base URL of the twin's GPU control API."
@@ -159,6 +162,18 @@ class Settings(BaseSettings):
     )
     governor_window_ms: float = Field(
         100.0, gt=0, description="How often the governor re-decides the clock, in ms."
+    )
+    governor_min_dwell_ms: float = Field(
+        500.0,
+        ge=0,
+        description="Least time between two clock changes when lowering, in ms (raising is "
+        "always immediate).",
+    )
+    gpu_switch_latency_ms: float = Field(
+        200.0,
+        ge=0,
+        description="Time a clock change takes to come into force, in ms; the planner's "
+        "timeline starts after it.",
     )
 
     @field_validator("api_keys", mode="before")

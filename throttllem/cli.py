@@ -19,10 +19,6 @@ NOT_IMPLEMENTED_EXIT_CODE = 2
 
 # Subcommands whose issue has not landed yet: they say so and exit 2.
 _PLANNED = {
-    "govern": (
-        "run the governor alone next to the GPUs, reading the scoreboard from Redis",
-        "issue 7 (governor)",
-    ),
     "replay": (
         "replay a trace against every policy and report energy and SLOs",
         "issue 8 (replay and report)",
@@ -120,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_bench.set_defaults(handler=_bench_gateway)
     add_profile_command(commands)
     add_train_command(commands)
+
+    govern = commands.add_parser(
+        "govern",
+        help="run the governor alone next to the GPUs, reading the scoreboard from Redis",
+        description="Run the governor next to the instance's GPUs: it reads the scoreboard "
+        "from Redis (THROTTLLEM_REDIS_URL, required), takes the instance's leader lock, and "
+        "locks the lowest clock that keeps every SLO. A supervisor process resets the clocks "
+        "if the governor dies or stalls. Everything comes from THROTTLLEM_* environment "
+        "variables (see docs/configuration.md).",
+    )
+    govern.set_defaults(handler=_govern)
 
     for name, (summary, issue) in _PLANNED.items():
         planned = commands.add_parser(
@@ -268,6 +275,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.twin_responses:
         twin_args += ["--responses", str(args.twin_responses.resolve())]
     return run_stack(args.host, args.port, ports, twin_args, twin_profile=profile.name)
+
+
+def _govern(args: argparse.Namespace) -> int:
+    from governor.govern import govern
+
+    return govern(log_level=args.log_level)
 
 
 def _not_implemented(name: str, issue: str) -> Callable[[argparse.Namespace], int]:

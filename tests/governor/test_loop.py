@@ -84,3 +84,109 @@ async def test_an_unreachable_gpu_is_reported_and_the_loop_keeps_going():
     with pytest.raises(asyncio.CancelledError):
         await task
     await governor.aclose()
+
+
+class RecordingGpu:
+    """A fake GPU: remembers every lock and reset."""
+
+    def __init__(self) -> None:
+        self.locks: list[int] = []
+        self.resets = 0
+
+    async def supported_clocks_mhz(self) -> list[int]:
+        return [1410, 1005, 810, 210]
+
+    async def lock_clock(self, clock_mhz: int) -> None:
+        self.locks.append(clock_mhz)
+
+    async def reset_clock(self) -> None:
+        self.resets += 1
+
+    async def clock_mhz(self) -> int:
+        return self.locks[-1] if self.locks else 1410
+
+    async def power_w(self) -> float:
+        return 100.0
+
+    async def energy_mj(self) -> float:
+        return 0.0
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ScriptedPolicy:
+    """An async policy whose answer the test sets; remembers the `now_s` it was given."""
+
+    def __init__(self, clock_mhz: int) -> None:
+        self.clock_mhz = clock_mhz
+        self.seen_now_s: list[float] = []
+
+    async def target_clock_mhz(self, supported_clocks_mhz: Sequence[int], now_s: float) -> int:
+        self.seen_now_s.append(now_s)
+        return self.clock_mhz
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+async def decide(governor: ClockGovernor, policy: ScriptedPolicy, clock_mhz: int) -> None:
+    policy.clock_mhz = clock_mhz
+    count = governor.status.decisions
+    governor.poke()
+    await wait_for_decisions(governor, count + 1)
+
+
+async def test_lowering_waits_for_the_minimum_dwell_and_raising_never_waits():
+    gpu, policy, fake = RecordingGpu(), ScriptedPolicy(1005), FakeTime()
+    governor = ClockGovernor(
+        [gpu], policy, window_s=60.0, clock_s=fake, monotonic_s=fake, min_dwell_s=0.5
+    )
+    task = asyncio.create_task(governor.run())
+    await wait_for_decisions(governor, 1)
+    assert gpu.locks == [1005]
+
+    fake.now_s += 0.1
+    await decide(governor, policy, 210)  # lower, 0.1 s after the last change: held
+    assert gpu.locks == [1005]
+    assert governor.status.applied_clock_mhz == 1005
+    assert governor.status.held_changes == 1
+
+    fake.now_s += 0.1
+    await decide(governor, policy, 1410)  # higher: at once, whatever the dwell
+    assert gpu.locks == [1005, 1410]
+
+    fake.now_s += 0.4
+    await decide(governor, policy, 810)  # lower, only 0.4 s after the raise: held
+    assert gpu.locks == [1005, 1410]
+    fake.now_s += 0.1
+    await decide(governor, policy, 810)  # 0.5 s: the dwell has passed
+    assert gpu.locks == [1005, 1410, 810]
+    assert governor.status.clock_changes == 3
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gpu.resets == 1
+
+
+async def test_the_policy_plans_from_after_the_switch_latency_and_each_pass_is_reported():
+    gpu, policy, fake = RecordingGpu(), ScriptedPolicy(1005), FakeTime()
+    beats: list[int] = []
+    governor = ClockGovernor(
+        [gpu], policy, window_s=60.0, clock_s=fake, switch_latency_s=0.2,
+        on_decision=lambda: beats.append(governor.status.decisions),
+    )  # fmt: skip
+    task = asyncio.create_task(governor.run())
+    await wait_until(lambda: len(beats) >= 1)
+    assert policy.seen_now_s == [pytest.approx(1000.2)]
+    assert beats == [1]
+    assert governor.status.last_decision_ms is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
