@@ -24,6 +24,7 @@ from gateway.errors import QueueFullError
 from gateway.metrics import GatewayMetrics
 from gateway.planning import AdmissionPlanner, Verdict
 from gateway.state import RequestEntry, StateStore
+from governor.cancellation import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Admission:
                     refreshed_s = time.monotonic()
             except Exception:  # the queue must keep moving whatever one attempt did
                 log.exception("admission: an attempt failed; retrying next window")
+            raise_if_cancelled()  # a Redis call may have swallowed the shutdown's cancel
 
     async def _admit_from_queue(self) -> None:
         while self._queue:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
@@ -26,7 +27,8 @@ from gateway.state_failover import FailoverStateStore
 from gateway.state_redis import RedisStateStore
 from governor.gpu.simulated import SimulatedGpu
 from governor.iteration_times import TableIterationTimes
-from governor.loop import ClockGovernor, HighestClock
+from governor.loop import ClockGovernor, FrequencyPolicy, HighestClock
+from governor.policy import PlannerPolicy, store_reader
 from predictor.tokenizer import PromptTokenizer
 
 log = logging.getLogger(__name__)
@@ -78,16 +80,14 @@ def _build_services(
     metrics = GatewayMetrics()
     metrics.watch_predictions(predictions)
     store = _state_store(settings, metrics)
+    planner = _planner(settings, predictions)
     governor = None
     if settings.gpu_backend is GpuBackendKind.simulated:
-        gpus = [
-            SimulatedGpu.connect(settings.gpu_control_url, index) for index in settings.gpu_indices
-        ]
-        governor = ClockGovernor(gpus, HighestClock(), window_s=settings.governor_window_ms / 1000)
+        governor = _embedded_governor(settings, store, planner)
         metrics.watch_governor(governor.status)
     admission = Admission(
         store,
-        _planner(settings, predictions),
+        planner,
         metrics,
         max_queue=settings.max_queue,
         retry_after_s=settings.retry_after_s,
@@ -104,6 +104,25 @@ def _build_services(
         predictions=predictions,
         chat_template=chat_template,
         governor=governor,
+    )
+
+
+def _embedded_governor(
+    settings: Settings, store: StateStore, planner: AdmissionPlanner | None
+) -> ClockGovernor:
+    """The clock loop in this process, on the twin's GPUs: the SLO planner over this
+    worker's board, or the highest clock without predictors."""
+    gpus = [SimulatedGpu.connect(settings.gpu_control_url, index) for index in settings.gpu_indices]
+    policy: FrequencyPolicy = HighestClock()
+    if planner is not None:
+        policy = PlannerPolicy(store_reader(store), planner.board, planner.model)
+    return ClockGovernor(
+        gpus,
+        policy,
+        window_s=settings.governor_window_ms / 1000,
+        clock_s=time.time,  # the scoreboard's clock
+        min_dwell_s=settings.governor_min_dwell_ms / 1000,
+        switch_latency_s=settings.gpu_switch_latency_ms / 1000,
     )
 
 

@@ -38,6 +38,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from governor.cancellation import raise_if_cancelled
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 1.5
@@ -278,16 +280,6 @@ class RedisLeaderLock:
             self._last_error = None
 
 
-def _raise_if_cancelled() -> None:
-    """Honour a cancel that a Redis call swallowed (redis-py can lose one mid-command).
-
-    Without this, a cancelled election would keep renewing, and never release the lock.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class LeaderElection:
     """Keeps trying to lead, and tells the governor when it gains or loses the lead.
 
@@ -324,7 +316,7 @@ class LeaderElection:
         try:
             while True:
                 await self._step()
-                _raise_if_cancelled()
+                raise_if_cancelled()
                 next_s = max(next_s + self._renew_every_s, time.monotonic())
                 await asyncio.sleep(next_s - time.monotonic())
         finally:

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from governor.cancellation import raise_if_cancelled
 from governor.gpu.base import GpuClock, GpuError
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class ClockGovernor:
                     log.warning("governor: %s", error)
                 if self._on_decision is not None:
                     self._on_decision()
+                raise_if_cancelled()  # a Redis read in the policy may have swallowed it
                 await self._sleep()
         finally:
             await self._reset_all()
