@@ -218,29 +218,38 @@ def test_a_full_queue_gets_429_with_retry_after_and_keys_are_required(stack: Sta
 
 
 async def test_four_workers_share_one_scoreboard_in_redis(stack: Stack, tmp_path: Path):
+    """Streams are opened one connection at a time until at least two workers hold some
+    (the kernel hands connections to whichever worker accepts first: one may take a
+    dozen), then the scoreboard in Redis must be exactly the union of them all."""
     instance = f"test-{uuid.uuid4().hex[:8]}"
     env = {"THROTTLLEM_REDIS_URL": REDIS_URL, "THROTTLLEM_INSTANCE": instance}
     store = RedisStateStore.connect(REDIS_URL, instance, entry_ttl_s=10)
     body = {"model": MODEL, "prompt": "Count to a thousand.", "max_tokens": 300, "stream": True,
             "ignore_eos": True}  # fmt: skip
-    with gateway(stack, tmp_path, env, workers=4) as base_url:
-        clients = [httpx.AsyncClient(timeout=30) for _ in range(12)]  # 12 connections
-        streams = [c.stream("POST", f"{base_url}/v1/completions", json=body) for c in clients]
-        responses = await asyncio.gather(*(s.__aenter__() for s in streams))
-        try:
-            open_lines = [r.aiter_lines() for r in responses]  # held: dropping one hangs up
-            for lines in open_lines:
-                async for line in lines:
-                    if line.startswith("data: "):
+    opened: list[tuple[httpx.AsyncClient, object, httpx.Response, object]] = []
+    try:
+        with gateway(stack, tmp_path, env, workers=4) as base_url:
+            try:
+                while len(opened) < 32:
+                    client = httpx.AsyncClient(timeout=30)  # one connection each
+                    stream = client.stream("POST", f"{base_url}/v1/completions", json=body)
+                    response = await stream.__aenter__()
+                    lines = response.aiter_lines()  # held: dropping it hangs up
+                    async for line in lines:
+                        if line.startswith("data: "):
+                            break
+                    opened.append((client, stream, response, lines))
+                    entries = (await store.snapshot()).entries
+                    if len(opened) >= 8 and len({e.worker for e in entries}) >= 2:
                         break
-            ids = {r.headers["x-request-id"] for r in responses}
-            entries = (await store.snapshot()).entries
-            assert {e.request_id for e in entries} == ids
-            assert len({e.worker for e in entries}) >= 2, "the requests all went to one worker"
-        finally:
-            for stream in streams:
-                await stream.__aexit__(None, None, None)
-            for client in clients:
-                await client.aclose()
-        assert await eventually_empty(store)
-    await store.aclose()
+                ids = {response.headers["x-request-id"] for _, _, response, _ in opened}
+                entries = (await store.snapshot()).entries
+                assert {e.request_id for e in entries} == ids
+                assert len({e.worker for e in entries}) >= 2, "32 streams, all on one worker"
+            finally:
+                for client, stream, _, _ in opened:
+                    await stream.__aexit__(None, None, None)  # type: ignore[attr-defined]
+                    await client.aclose()
+            assert await eventually_empty(store)
+    finally:
+        await store.aclose()
