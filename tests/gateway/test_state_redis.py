@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -34,15 +33,6 @@ def raw() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.close()
-
-
-@pytest.fixture
-def instance(raw: redis.Redis) -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex}"
-    yield name
-    keys = list(raw.scan_iter(match=f"throttllem:{name}:*"))
-    if keys:
-        raw.delete(*keys)
 
 
 @pytest.fixture

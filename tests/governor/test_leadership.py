@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -37,15 +36,6 @@ def raw() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     yield client
     client.close()
-
-
-@pytest.fixture
-def instance(raw: redis.Redis) -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex}"
-    yield name
-    keys = list(raw.scan_iter(match=f"throttllem:{name}:*"))
-    if keys:
-        raw.delete(*keys)
 
 
 @pytest.fixture

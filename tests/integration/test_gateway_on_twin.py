@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -217,11 +216,12 @@ def test_a_full_queue_gets_429_with_retry_after_and_keys_are_required(stack: Sta
         assert 'throttllem_admissions_total{outcome="queue_full"} 1.0' in metrics
 
 
-async def test_four_workers_share_one_scoreboard_in_redis(stack: Stack, tmp_path: Path):
+async def test_four_workers_share_one_scoreboard_in_redis(
+    stack: Stack, tmp_path: Path, instance: str
+):
     """Streams are opened one connection at a time until at least two workers hold some
     (the kernel hands connections to whichever worker accepts first: one may take a
     dozen), then the scoreboard in Redis must be exactly the union of them all."""
-    instance = f"test-{uuid.uuid4().hex[:8]}"
     env = {"THROTTLLEM_REDIS_URL": REDIS_URL, "THROTTLLEM_INSTANCE": instance}
     store = RedisStateStore.connect(REDIS_URL, instance, entry_ttl_s=10)
     body = {"model": MODEL, "prompt": "Count to a thousand.", "max_tokens": 300, "stream": True,
