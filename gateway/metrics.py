@@ -134,6 +134,16 @@ class _GovernorCollector(Collector):
             ),
             ("throttllem_governor_decisions", "Clock decisions taken so far.", status.decisions),
             (
+                "throttllem_governor_clock_changes",
+                "Clock changes applied so far.",
+                status.clock_changes,
+            ),
+            (
+                "throttllem_governor_held_changes",
+                "Lower clocks held back by the minimum dwell so far.",
+                status.held_changes,
+            ),
+            (
                 "throttllem_governor_decision_ms",
                 "Time the last decision took, ms.",
                 status.last_decision_ms,

@@ -91,6 +91,7 @@ def test_models_health_and_metrics_answer(stack: Stack, client: openai.OpenAI):
     assert 'throttllem_requests_total{endpoint="completions",status="200"}' in metrics
     assert "throttllem_time_to_first_token_seconds_count" in metrics
     assert "throttllem_gpu_clock_mhz " in metrics  # the governor reads the twin's GPU
+    assert "throttllem_governor_clock_changes " in metrics
 
 
 def test_the_governor_lowers_the_clock_when_no_promise_needs_it(stack: Stack):
