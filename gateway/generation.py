@@ -65,7 +65,7 @@ class Generation:
         )
         self.admitted = await self._services.admission.enter(entry)
         self._services.metrics.in_flight.inc()
-        self._services.request_admitted()
+        self._services.board_changed()
 
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         async for chunk in self._services.backend.generate(self.request):
@@ -81,7 +81,7 @@ class Generation:
         self.admitted = None  # once
         services.metrics.in_flight.dec()
         await services.admission.release(self.request_id)
-        services.request_finished()
+        services.board_changed()
         if self._finished:
             self._judge()
         else:

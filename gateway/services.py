@@ -32,11 +32,8 @@ class Services:
     chat_template: ChatTemplate
     governor: ClockGovernor | None = None
 
-    def request_admitted(self) -> None:
-        if self.governor is not None:
-            self.governor.poke()
-
-    def request_finished(self) -> None:
+    def board_changed(self) -> None:
+        """A request joined or left the engine: the governor decides now."""
         if self.governor is not None:
             self.governor.poke()
 

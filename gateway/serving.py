@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.backends.base import GenerationChunk, GenerationRequest
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.generation import Generation
-from gateway.schemas import FinishReason, usage
+from gateway.schemas import FinishReason, GenerationFields, usage
 from gateway.services import Services
 from gateway.slo import RequestSlo
 
@@ -52,6 +52,24 @@ class Asked:
     seed: int | None = None
     ignore_eos: bool = False
     fill_context: bool = False  # chat: no max_tokens means up to the context window
+
+    @classmethod
+    def of(cls, body: GenerationFields, prompt: str, max_tokens: int | None,
+           fill_context: bool = False) -> Asked:  # fmt: skip
+        """From the fields completions and chat completions share."""
+        return cls(
+            model=body.model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            stream=body.stream,
+            include_usage=body.include_usage,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop_sequences,
+            seed=body.seed,
+            ignore_eos=body.ignore_eos,
+            fill_context=fill_context,
+        )
 
 
 class ResponseShape(Protocol):

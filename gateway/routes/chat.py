@@ -33,19 +33,7 @@ async def create_chat_completion(
     except ChatTemplateError as error:
         raise InvalidRequestError(f"the chat template refused the messages: {error}",
                                   param="messages") from error  # fmt: skip
-    asked = Asked(
-        model=body.model,
-        prompt=prompt,
-        max_tokens=body.max_tokens_asked,
-        stream=body.stream,
-        include_usage=body.include_usage,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_sequences,
-        seed=body.seed,
-        ignore_eos=body.ignore_eos,
-        fill_context=True,
-    )
+    asked = Asked.of(body, prompt, body.max_tokens_asked, fill_context=True)
     return await serve(request, services, asked, ChatShape(body.model))
 
 

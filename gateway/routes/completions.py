@@ -18,18 +18,7 @@ router = APIRouter()
 async def create_completion(
     body: CompletionRequest, request: Request, services: ServicesDep
 ) -> Response:
-    asked = Asked(
-        model=body.model,
-        prompt=body.prompt_text,
-        max_tokens=body.max_tokens,
-        stream=body.stream,
-        include_usage=body.include_usage,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_sequences,
-        seed=body.seed,
-        ignore_eos=body.ignore_eos,
-    )
+    asked = Asked.of(body, body.prompt_text, body.max_tokens)
     return await serve(request, services, asked, CompletionShape(body.model))
 
 

@@ -22,23 +22,13 @@ log = logging.getLogger(__name__)
 Mode = Literal["control", "observe"]
 
 
-class ObservedGpu:
-    """Reads pass through to `inner`; clock changes are only recorded."""
+class _ReadsThrough:
+    """Clocks, power and energy are read from `inner` as they are."""
 
-    def __init__(self, inner: GpuClock) -> None:
-        self.inner = inner
-        self.requested_clock_mhz: int | None = None
+    inner: GpuClock
 
     async def supported_clocks_mhz(self) -> list[int]:
         return await self.inner.supported_clocks_mhz()
-
-    async def lock_clock(self, clock_mhz: int) -> None:
-        self.requested_clock_mhz = clock_mhz
-        log.debug("observe: would lock the clock at %d MHz", clock_mhz)
-
-    async def reset_clock(self) -> None:
-        self.requested_clock_mhz = None
-        log.debug("observe: would reset the clock")
 
     async def clock_mhz(self) -> int:
         return await self.inner.clock_mhz()
@@ -51,6 +41,22 @@ class ObservedGpu:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class ObservedGpu(_ReadsThrough):
+    """Reads pass through to `inner`; clock changes are only recorded."""
+
+    def __init__(self, inner: GpuClock) -> None:
+        self.inner = inner
+        self.requested_clock_mhz: int | None = None
+
+    async def lock_clock(self, clock_mhz: int) -> None:
+        self.requested_clock_mhz = clock_mhz
+        log.debug("observe: would lock the clock at %d MHz", clock_mhz)
+
+    async def reset_clock(self) -> None:
+        self.requested_clock_mhz = None
+        log.debug("observe: would reset the clock")
 
 
 class FallbackGroup:
@@ -78,7 +84,7 @@ class FallbackGroup:
             await member.undo_lock()
 
 
-class FallbackToObserve:
+class FallbackToObserve(_ReadsThrough):
     """Controls `inner` until the first `GpuPermissionError`, then only observes."""
 
     def __init__(self, inner: GpuClock, group: FallbackGroup | None = None) -> None:
@@ -95,9 +101,6 @@ class FallbackToObserve:
     @property
     def requested_clock_mhz(self) -> int | None:
         return self._observer.requested_clock_mhz
-
-    async def supported_clocks_mhz(self) -> list[int]:
-        return await self.inner.supported_clocks_mhz()
 
     async def lock_clock(self, clock_mhz: int) -> None:
         await self._observer.lock_clock(clock_mhz)
@@ -120,18 +123,6 @@ class FallbackToObserve:
             await self._group.fall_back(error)
             return
         self._holds_lock = False
-
-    async def clock_mhz(self) -> int:
-        return await self.inner.clock_mhz()
-
-    async def power_w(self) -> float:
-        return await self.inner.power_w()
-
-    async def energy_mj(self) -> float:
-        return await self.inner.energy_mj()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
     async def undo_lock(self) -> None:
         """Reset a lock this wrapper set before its group fell back (best effort)."""
