@@ -30,9 +30,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from gateway.backends.base import GenerationChunk, GenerationRequest, ShardedTransport
+from gateway.backends.base import GenerationChunk, GenerationRequest
+from gateway.backends.http_client import HttpClient, UpstreamConnectionError, decode_json
 from gateway.backends.sse import sse_data
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
@@ -40,9 +39,7 @@ DONE = "[DONE]"
 
 
 class OpenAICompatibleBackend:
-    def __init__(
-        self, client: httpx.AsyncClient, model: str, continuous_usage: bool = True
-    ) -> None:
+    def __init__(self, client: HttpClient, model: str, continuous_usage: bool = True) -> None:
         self._client = client
         self._model = model
         self._continuous_usage = continuous_usage
@@ -59,29 +56,24 @@ class OpenAICompatibleBackend:
     ) -> OpenAICompatibleBackend:
         """`base_url` is the server's root, without `/v1`."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            transport=ShardedTransport(),
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-        )
+        client = HttpClient(base_url, headers, timeout_s, connect_timeout_s)
         return cls(client, model, continuous_usage)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         body = completions_body(request, self._model, self._continuous_usage)
         counter = _TokenCounter()
         try:
-            async with self._client.stream("POST", "/v1/completions", json=body) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise _error_from_status(response, self._model)
-                async for data in sse_data(response.aiter_lines()):
+            async with self._client.stream("POST", "/v1/completions", body) as response:
+                if response.status != 200:
+                    body_read = await response.read()
+                    raise _error_from_status(response.status, body_read, response.url, self._model)
+                async for data in sse_data(response.iter_bytes()):
                     if data.strip() == DONE:
                         return
                     chunk = counter.chunk(_event(data))
                     if chunk is not None:
                         yield chunk
-        except httpx.TransportError as error:
+        except UpstreamConnectionError as error:
             raise BackendUnavailableError(
                 f"the OpenAI-compatible server at {self._client.base_url} is unreachable: {error!r}"
             ) from error
@@ -89,18 +81,16 @@ class OpenAICompatibleBackend:
     async def ready(self) -> bool:
         """The model is listed by `/v1/models`; a server without that route: `/health` is 200."""
         try:
-            response = await self._client.get("/v1/models")
-            if response.status_code == 404:
-                return (await self._client.get("/health")).status_code == 200
-        except httpx.TransportError:
+            status, body = await self._client.request("GET", "/v1/models")
+            if status == 404:
+                return (await self._client.request("GET", "/health"))[0] == 200
+        except UpstreamConnectionError:
             return False
-        if response.status_code != 200:
+        listing = decode_json(body) if status == 200 else None
+        models = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(models, list):
             return False
-        try:
-            models = response.json().get("data", [])
-            return any(isinstance(m, dict) and m.get("id") == self._model for m in models)
-        except (json.JSONDecodeError, AttributeError):
-            return False
+        return any(isinstance(m, dict) and m.get("id") == self._model for m in models)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -174,12 +164,12 @@ def _event(data: str) -> dict[str, Any]:
     return event
 
 
-def _error_from_status(response: httpx.Response, model: str) -> Exception:
-    status = response.status_code
-    try:
-        message = upstream_message(response.json())
-    except json.JSONDecodeError:
-        message = _first_line(response.text)
+def _error_from_status(status: int, body: bytes, url: str, model: str) -> Exception:
+    answer = decode_json(body)
+    if answer is not None:
+        message = upstream_message(answer)
+    else:
+        message = _first_line(body.decode(errors="replace"))
     if status in (400, 422):
         return InvalidRequestError(f"the upstream refused the request: {message}")
     if status in (401, 403):
@@ -189,7 +179,7 @@ def _error_from_status(response: httpx.Response, model: str) -> Exception:
         )
     if status == 404:
         return BackendUnavailableError(
-            f"the upstream at {response.url} answered 404 ({message}): is model {model!r} "
+            f"the upstream at {url} answered 404 ({message}): is model {model!r} "
             "served there, and is the backend URL the server's root, without /v1?"
         )
     return BackendError(f"the upstream answered HTTP {status}: {message}")

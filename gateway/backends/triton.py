@@ -20,15 +20,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from gateway.backends.base import GenerationChunk, GenerationRequest, ShardedTransport
+from gateway.backends.base import GenerationChunk, GenerationRequest
+from gateway.backends.http_client import HttpClient, UpstreamConnectionError, decode_json
 from gateway.backends.sse import sse_data
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
 
 class TritonBackend:
-    def __init__(self, client: httpx.AsyncClient, model: str = "ensemble") -> None:
+    def __init__(self, client: HttpClient, model: str = "ensemble") -> None:
         self._client = client
         self._model = model
 
@@ -36,30 +35,29 @@ class TritonBackend:
     def connect(
         cls, base_url: str, model: str, timeout_s: float, connect_timeout_s: float
     ) -> TritonBackend:
-        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        client = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=ShardedTransport())
-        return cls(client, model)
+        return cls(
+            HttpClient(base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s), model
+        )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         url = f"/v2/models/{self._model}/generate_stream"
         try:
-            async with self._client.stream("POST", url, json=_ensemble_inputs(request)) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise _error_from_status(response, self._model)
-                async for data in sse_data(response.aiter_lines()):
+            async with self._client.stream("POST", url, _ensemble_inputs(request)) as response:
+                if response.status != 200:
+                    raise _error_from_status(response.status, await response.read(), self._model)
+                async for data in sse_data(response.iter_bytes()):
                     yield _chunk(data)
-        except httpx.TransportError as error:
+        except UpstreamConnectionError as error:
             raise BackendUnavailableError(
                 f"Triton at {self._client.base_url} is unreachable: {error!r}"
             ) from error
 
     async def ready(self) -> bool:
         try:
-            response = await self._client.get(f"/v2/models/{self._model}/ready")
-        except httpx.TransportError:
+            status, _ = await self._client.request("GET", f"/v2/models/{self._model}/ready")
+        except UpstreamConnectionError:
             return False
-        return response.status_code == 200
+        return status == 200
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -100,16 +98,17 @@ def _chunk(data: str) -> GenerationChunk:
     )
 
 
-def _error_from_status(response: httpx.Response, model: str) -> Exception:
-    try:
-        message = str(response.json().get("error", response.text))
-    except (json.JSONDecodeError, AttributeError):
-        message = response.text
-    if response.status_code == 400:
+def _error_from_status(status: int, body: bytes, model: str) -> Exception:
+    answer = decode_json(body)
+    if isinstance(answer, dict) and "error" in answer:
+        message = str(answer["error"])
+    else:
+        message = body.decode(errors="replace")
+    if status == 400:
         return InvalidRequestError(f"Triton refused the request: {_first_line(message)}")
-    if response.status_code in (404, 503):
+    if status in (404, 503):
         return BackendUnavailableError(f"Triton model {model!r} is not available: {message}")
-    return BackendError(f"Triton answered HTTP {response.status_code}: {_first_line(message)}")
+    return BackendError(f"Triton answered HTTP {status}: {_first_line(message)}")
 
 
 def _first_line(message: str) -> str:

@@ -3,9 +3,8 @@ against scripted answers for the failures the instant upstream never gives."""
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -19,6 +18,15 @@ from gateway.backends.openai_compat import OpenAICompatibleBackend, upstream_mes
 from gateway.backends.triton import TritonBackend
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 from gateway.settings import Settings
+from tests.scripted_server import (
+    Received,
+    Reply,
+    Script,
+    ScriptedServer,
+    json_response,
+    response,
+    sse_reply,
+)
 from tests.servers import free_ports, wait_for_http
 from throttllem.instant_upstream import instant_upstream_app
 
@@ -92,7 +100,7 @@ async def test_a_final_usage_corrects_chunks_that_held_several_tokens():
         {"choices": [{"text": " world!", "finish_reason": "stop"}]},
         {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}},
     ]
-    chunks = await generate_all(scripted(lambda _: sse_response(events)), request())
+    chunks = await scripted_generate(lambda _: sse_reply(events))
     assert [(c.text, c.output_tokens) for c in chunks] == [
         ("Hello", None),
         (" world!", None),
@@ -104,13 +112,13 @@ async def test_a_final_usage_corrects_chunks_that_held_several_tokens():
 
 async def test_a_usage_only_chunk_updates_counts_when_text_chunks_had_none():
     events = [{"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}]
-    chunks = await generate_all(scripted(lambda _: sse_response(events)), request())
+    chunks = await scripted_generate(lambda _: sse_reply(events))
     assert chunks == [GenerationChunk(text="", output_tokens=3, prompt_tokens=2)]
 
 
 async def test_the_stream_ends_at_done():
     events = [{"choices": [{"text": "a"}]}, "[DONE]", {"choices": [{"text": "after"}]}]
-    chunks = await generate_all(scripted(lambda _: sse_response(events)), request())
+    chunks = await scripted_generate(lambda _: sse_reply(events))
     assert [c.text for c in chunks] == ["a"]
 
 
@@ -187,9 +195,8 @@ async def test_an_unreachable_upstream_is_unavailable_and_named():
 async def test_upstream_statuses_map_to_gateway_errors(
     status: int, body: dict[str, object], error: type[Exception], message: str
 ):
-    backend = scripted(lambda _: httpx.Response(status, json=body))
     with pytest.raises(error, match=message) as raised:
-        await generate_all(backend, request())
+        await scripted_generate(lambda _: Reply([json_response(status, body)]))
     if status == 500:
         assert not isinstance(raised.value, BackendUnavailableError)
 
@@ -203,12 +210,13 @@ async def test_upstream_statuses_map_to_gateway_errors(
 )
 async def test_an_in_stream_error_event_is_a_backend_error(error_event: dict[str, object]):
     events = [{"choices": [{"text": "a"}]}, error_event]
-    backend = scripted(lambda _: sse_response(events))
     seen: list[str] = []
-    with pytest.raises(BackendError, match=r"CUDA out of memory$") as raised:
-        async for chunk in backend.generate(request()):
-            seen.append(chunk.text)
-    await backend.aclose()
+    async with ScriptedServer(lambda _: sse_reply(events)) as server:
+        backend = OpenAICompatibleBackend.connect(server.url, MODEL)
+        with pytest.raises(BackendError, match=r"CUDA out of memory$") as raised:
+            async for chunk in backend.generate(request()):
+                seen.append(chunk.text)
+        await backend.aclose()
     assert seen == ["a"]
     assert not isinstance(raised.value, BackendUnavailableError)
 
@@ -245,14 +253,15 @@ async def test_ready_when_the_model_is_listed(upstream: Upstream):
 
 @pytest.mark.parametrize(("health_status", "ready"), [(200, True), (503, False)])
 async def test_ready_falls_back_to_health_without_a_models_route(health_status: int, ready: bool):
-    def answer(http_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(health_status if http_request.url.path == "/health" else 404)
+    def answer(received: Received) -> Reply:
+        return Reply([response(health_status if received.path == "/health" else 404)])
 
-    backend = scripted(answer)
-    try:
-        assert await backend.ready() is ready
-    finally:
-        await backend.aclose()
+    async with ScriptedServer(answer) as server:
+        backend = OpenAICompatibleBackend.connect(server.url, MODEL)
+        try:
+            assert await backend.ready() is ready
+        finally:
+            await backend.aclose()
 
 
 async def test_connect_backend_picks_the_servers_kind(upstream: Upstream):
@@ -304,16 +313,7 @@ def request() -> GenerationRequest:
     return GenerationRequest(prompt="hi", max_tokens=2)
 
 
-def scripted(answer: Callable[[httpx.Request], httpx.Response]) -> OpenAICompatibleBackend:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://upstream")
-    return OpenAICompatibleBackend(client, MODEL)
-
-
-def sse_response(events: list[object]) -> httpx.Response:
-    lines = []
-    for event in events:
-        data = event if isinstance(event, str) else json.dumps(event)
-        lines.append(f"data: {data}\n\n")
-    return httpx.Response(
-        200, content="".join(lines).encode(), headers={"content-type": "text/event-stream"}
-    )
+async def scripted_generate(script: Script) -> list[GenerationChunk]:
+    """All chunks from a server that answers with `script`'s bytes."""
+    async with ScriptedServer(script) as server:
+        return await generate_all(OpenAICompatibleBackend.connect(server.url, MODEL), request())
