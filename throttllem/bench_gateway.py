@@ -303,6 +303,9 @@ def _report(
             "p99": _percentile(latency_ms, 99),
             "mean": float(latency_ms.mean()),
             "stream_chunk_p50": _percentile(gaps_ms, 50),
+            "stream_events_mean": float(
+                np.mean([len(gaps) + 1 for gaps in runs[f"{side}_stream"]["results"]])
+            ),
             "requests": runs[side]["requests"],
             "errors": runs[side]["errors"] + runs[f"{side}_stream"]["errors"],
             "first_error": runs[side]["first_error"] or runs[f"{side}_stream"]["first_error"],
@@ -322,6 +325,8 @@ def _report(
             "arrivals": "poisson, open loop",
             "load_clients": f"{CLIENTS} keep-alive httpx clients taken in turn (one client "
             "slows down with dozens of requests in flight: encode/httpx#3215)",
+            "stream_events": "the gateway forwards the events that reach it in one read as "
+            "one, so it may send fewer than the upstream (stream_events_mean)",
             "max_tokens": LATENCY_TOKENS,
             "stream_max_tokens": STREAM_TOKENS,
             "prompt": PROMPT,
@@ -367,7 +372,8 @@ def _print(report: dict[str, Any]) -> None:
     for name, side in (("direct", direct), ("gateway", gateway)):
         error = f", first: {side['first_error']}" if side["errors"] else ""
         print(f"  {name}: {side['requests']} requests ({side['completed_per_s']:.0f}/s completed), "
-              f"{side['errors']} errors{error}; send lag p99 {side['send_lag_p99']:.2f} ms")  # fmt: skip
+              f"{side['errors']} errors{error}; send lag p99 {side['send_lag_p99']:.2f} ms; "
+              f"{side['stream_events_mean']:.1f} events per stream")  # fmt: skip
 
 
 def _free_ports(count: int) -> list[int]:

@@ -6,9 +6,11 @@ the gateway knows how many tokens each request has generated so far.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from gateway.errors import BackendError
 
 
 @dataclass(frozen=True)
@@ -41,3 +43,32 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def arrived_together(
+    events: list[str], parse: Callable[[str], GenerationChunk | None]
+) -> Iterator[GenerationChunk]:
+    """The chunks of events that arrived in one read, as a single chunk when each carries
+    its own token count: when the gateway falls behind, it forwards what piled up in one
+    step instead of one per token. An error event still comes after what preceded it."""
+    chunks: list[GenerationChunk] = []
+    failure: BackendError | None = None
+    for data in events:
+        try:
+            chunk = parse(data)
+        except BackendError as error:
+            failure = error
+            break
+        if chunk is not None:
+            chunks.append(chunk)
+    if len(chunks) > 1 and all(chunk.output_tokens is not None for chunk in chunks):
+        prompt_counts = [c.prompt_tokens for c in chunks if c.prompt_tokens is not None]
+        yield GenerationChunk(
+            text="".join(chunk.text for chunk in chunks),
+            output_tokens=sum(chunk.output_tokens or 0 for chunk in chunks),
+            prompt_tokens=prompt_counts[-1] if prompt_counts else None,
+        )
+    else:
+        yield from chunks
+    if failure is not None:
+        raise failure

@@ -28,7 +28,6 @@ import httptools
 MAX_IDLE_CONNECTIONS = 512
 # Past this much unread body, stop reading the socket until the gateway catches up.
 PAUSE_READING_BYTES = 256 * 1024
-RESUME_READING_BYTES = 64 * 1024
 
 
 class UpstreamConnectionError(Exception):
@@ -201,14 +200,17 @@ class _Connection(asyncio.Protocol):
             await self._wait(timeout_s)
 
     async def next_piece(self, timeout_s: float) -> bytes | None:
-        """The next part of the body, or None at its end."""
+        """All of the body that has arrived and was not read yet, or None at its end."""
         while not self._pieces:
             if self._done:
                 return None
             await self._wait(timeout_s)
-        piece = self._pieces.popleft()
-        self._buffered_bytes -= len(piece)
-        if self._reading_paused and self._buffered_bytes <= RESUME_READING_BYTES:
+        # What piled up comes out in one piece: a gateway that fell behind catches up in
+        # one step instead of one per piece.
+        piece = self._pieces.popleft() if len(self._pieces) == 1 else b"".join(self._pieces)
+        self._pieces.clear()
+        self._buffered_bytes = 0
+        if self._reading_paused:
             self._reading_paused = False
             if self._transport is not None and not self.closed:
                 self._transport.resume_reading()

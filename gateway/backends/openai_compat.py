@@ -30,9 +30,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.backends.base import GenerationChunk, GenerationRequest
+from gateway.backends.base import GenerationChunk, GenerationRequest, arrived_together
 from gateway.backends.http_client import HttpClient, UpstreamConnectionError, decode_json
-from gateway.backends.sse import sse_data
+from gateway.backends.sse import sse_batches
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
 DONE = "[DONE]"
@@ -67,12 +67,12 @@ class OpenAICompatibleBackend:
                 if response.status != 200:
                     body_read = await response.read()
                     raise _error_from_status(response.status, body_read, response.url, self._model)
-                async for data in sse_data(response.iter_bytes()):
-                    if data.strip() == DONE:
-                        return
-                    chunk = counter.chunk(_event(data))
-                    if chunk is not None:
+                async for events in sse_batches(response.iter_bytes()):
+                    before_done, done = _until_done(events)
+                    for chunk in arrived_together(before_done, counter.parse):
                         yield chunk
+                    if done:
+                        return
         except UpstreamConnectionError as error:
             raise BackendUnavailableError(
                 f"the OpenAI-compatible server at {self._client.base_url} is unreachable: {error!r}"
@@ -130,6 +130,9 @@ class _TokenCounter:
         self.counted_tokens = 0  # what consumers have been told, text chunks without usage: 1
         self.prompt_tokens: int | None = None
 
+    def parse(self, data: str) -> GenerationChunk | None:
+        return self.chunk(_event(data))
+
     def chunk(self, event: dict[str, Any]) -> GenerationChunk | None:
         choices = event.get("choices") or []
         text = str(choices[0].get("text") or "") if choices and isinstance(choices[0], dict) else ""
@@ -148,6 +151,14 @@ class _TokenCounter:
         if not text and not output_tokens and not new_prompt_tokens:
             return None
         return GenerationChunk(text=text, output_tokens=output_tokens, prompt_tokens=prompt_tokens)
+
+
+def _until_done(events: list[str]) -> tuple[list[str], bool]:
+    """The events before `[DONE]`, and whether it came."""
+    for index, data in enumerate(events):
+        if data.strip() == DONE:
+            return events[:index], True
+    return events, False
 
 
 def _event(data: str) -> dict[str, Any]:

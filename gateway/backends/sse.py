@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 
-async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Yield the `data` of each event; multi-line data is joined with newlines."""
+async def sse_batches(pieces: AsyncIterator[bytes]) -> AsyncIterator[list[str]]:
+    """The `data` of the events each piece completes (never an empty list); multi-line
+    data is joined with newlines."""
     decoder = SseDecoder()
     async for piece in pieces:
-        for data in decoder.feed(piece):
-            yield data
-    for data in decoder.end():
-        yield data
+        if events := decoder.feed(piece):
+            yield events
+    if events := decoder.end():
+        yield events
 
 
 class SseDecoder:

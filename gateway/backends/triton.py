@@ -20,9 +20,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.backends.base import GenerationChunk, GenerationRequest
+from gateway.backends.base import GenerationChunk, GenerationRequest, arrived_together
 from gateway.backends.http_client import HttpClient, UpstreamConnectionError, decode_json
-from gateway.backends.sse import sse_data
+from gateway.backends.sse import sse_batches
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
 
@@ -45,8 +45,9 @@ class TritonBackend:
             async with self._client.stream("POST", url, _ensemble_inputs(request)) as response:
                 if response.status != 200:
                     raise _error_from_status(response.status, await response.read(), self._model)
-                async for data in sse_data(response.iter_bytes()):
-                    yield _chunk(data)
+                async for events in sse_batches(response.iter_bytes()):
+                    for chunk in arrived_together(events, _chunk):
+                        yield chunk
         except UpstreamConnectionError as error:
             raise BackendUnavailableError(
                 f"Triton at {self._client.base_url} is unreachable: {error!r}"

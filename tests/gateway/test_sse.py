@@ -1,6 +1,6 @@
 from collections.abc import AsyncIterator
 
-from gateway.backends.sse import SseDecoder, sse_data
+from gateway.backends.sse import SseDecoder, sse_batches
 
 
 async def pieces(*items: bytes) -> AsyncIterator[bytes]:
@@ -9,7 +9,7 @@ async def pieces(*items: bytes) -> AsyncIterator[bytes]:
 
 
 async def collect(*items: bytes) -> list[str]:
-    return [data async for data in sse_data(pieces(*items))]
+    return [data async for batch in sse_batches(pieces(*items)) for data in batch]
 
 
 async def test_each_event_yields_its_data():
@@ -49,3 +49,8 @@ def test_feed_returns_only_the_events_a_piece_completes():
     assert decoder.feed(b"data: a\n") == []
     assert decoder.feed(b"\ndata: b") == ["a"]
     assert decoder.end() == ["b"]
+
+
+async def test_each_batch_holds_the_events_one_piece_completed():
+    batches = [batch async for batch in sse_batches(pieces(b"data: a\n\ndata: b\n\nda", b"ta: c"))]
+    assert batches == [["a", "b"], ["c"]]
