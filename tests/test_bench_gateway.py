@@ -25,7 +25,10 @@ def test_a_short_run_reports_every_figure(tmp_path: Path, capsys: pytest.Capture
     for side in ("direct_ms", "gateway_ms"):
         assert report[side]["p50"] > 0
         assert report[side]["p99"] >= report[side]["p50"]
-        assert report[side]["stream_chunk_p50"] >= 0
+        assert report[side]["stream_token_trip_p50"] > 0
+        # Every timed stream gave all its tokens, merged or not.
+        assert report[side]["stream_tokens"] > 0
+        assert report[side]["stream_tokens"] % report["setting"]["stream_max_tokens"] == 0
         assert report[side]["requests"] > 0
         assert report[side]["errors"] == 0
     assert report["setting"]["rate_per_s"] == 20

@@ -6,9 +6,12 @@ is still in flight) of `max_tokens` 16 requests goes first straight to the upstr
 `generate_stream` (reading the whole stream), then to the gateway's non-streamed
 `/v1/completions`, which streams the same endpoint. The added latency of a percentile is
 the gateway's percentile minus the direct one's; latencies run from the moment each
-request is sent. Streamed requests of 64 tokens, at a lower rate and run first, give the
-gap between consecutive events, direct and through the gateway. `max_rps` is a closed
-loop of many concurrent requests against a fresh gateway for a few seconds.
+request is sent. Streamed requests of 64 tokens, at a lower rate and run first, go to a
+second upstream that paces its tokens and writes each one's send time as its text: each
+token's trip (sent by the upstream to read by the client) is timed direct and through a
+gateway in front of that upstream, and the added per-chunk latency is the difference of
+their medians. `max_rps` is a closed loop of many concurrent requests against a fresh
+gateway for a few seconds.
 
 The load generator, the upstream and the gateway share this machine's cores, so every
 figure includes their contention.
@@ -40,6 +43,7 @@ TRITON_MODEL = "ensemble"
 PROMPT = "Write one short sentence about the sea."
 LATENCY_TOKENS = 16
 STREAM_TOKENS = 64
+STREAM_TOKEN_INTERVAL_MS = 5.0  # one event per read: nothing for the gateway to merge
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 CLIENTS = 16
@@ -68,16 +72,21 @@ class _Failed(Exception):
 
 def bench_gateway(json_path: Path | None, options: BenchOptions | None = None) -> dict[str, Any]:
     options = options or BenchOptions()
-    upstream_port, gateway_port = _free_ports(2)
+    upstream_port, paced_port, gateway_port = _free_ports(3)
     upstream_url = f"http://127.0.0.1:{upstream_port}"
+    paced_url = f"http://127.0.0.1:{paced_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     workers = options.max_rps_workers if serve_has_workers_flag() else 1
-    upstream_command = [sys.executable, "-m", "throttllem.instant_upstream"]
-    upstream_command += ["--port", str(upstream_port), "--model", MODEL]
-    with _server(upstream_command, os.environ.copy(), f"{upstream_url}/v2/health/ready"):
+    with (
+        _server(upstream_command(upstream_port), os.environ.copy(), f"{upstream_url}/v2/health/ready"),
+        _server(upstream_command(paced_port, STREAM_TOKEN_INTERVAL_MS), os.environ.copy(),
+                f"{paced_url}/v2/health/ready"),
+    ):  # fmt: skip
+        with _server(gateway_command(gateway_port), _gateway_env(paced_url), f"{gateway_url}/health/ready"):  # fmt: skip
+            runs = _run(_stream_runs(paced_url, gateway_url, options))
         env = _gateway_env(upstream_url)
         with _server(gateway_command(gateway_port), env, f"{gateway_url}/health/ready"):
-            runs = _run(_latency_runs(upstream_url, gateway_url, options))
+            runs |= _run(_latency_runs(upstream_url, gateway_url, options))
         workers_env = (env | _scoreboard_env(options.redis_url)) if workers > 1 else env
         with _server(
             gateway_command(gateway_port, workers), workers_env, f"{gateway_url}/health/ready"
@@ -88,6 +97,11 @@ def bench_gateway(json_path: Path | None, options: BenchOptions | None = None) -
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def upstream_command(port: int, token_interval_ms: float = 0.0) -> list[str]:
+    command = [sys.executable, "-m", "throttllem.instant_upstream", "--port", str(port)]
+    return [*command, "--model", MODEL, "--token-interval-ms", str(token_interval_ms)]
 
 
 def gateway_command(port: int, workers: int = 1) -> list[str]:
@@ -134,33 +148,52 @@ def _scoreboard_env(redis_url: str) -> dict[str, str]:
     return {"THROTTLLEM_REDIS_URL": redis_url, "THROTTLLEM_INSTANCE": instance}
 
 
+def _triton_body(tokens: int) -> dict[str, Any]:
+    return {"text_input": PROMPT, "max_tokens": tokens, "stream": True,
+            "return_num_input_tokens": True, "return_num_output_tokens": True}  # fmt: skip
+
+
+def _openai_body(tokens: int, stream: bool) -> dict[str, Any]:
+    return {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "stream": stream}
+
+
+async def _stream_runs(
+    paced_url: str, gateway_url: str, options: BenchOptions
+) -> dict[str, dict[str, Any]]:
+    """Token trips, direct and through the gateway, from a paced upstream."""
+    direct_url = f"{paced_url}/v2/models/{TRITON_MODEL}/generate_stream"
+    through_url = f"{gateway_url}/v1/completions"
+
+    def direct(client: httpx.AsyncClient) -> Awaitable[np.ndarray]:
+        return _token_trips(client, direct_url, _triton_body(STREAM_TOKENS), _triton_text)
+
+    def through(client: httpx.AsyncClient) -> Awaitable[np.ndarray]:
+        body = _openai_body(STREAM_TOKENS, True)
+        return _token_trips(client, through_url, body, _completion_text)
+
+    plans = {"direct_stream": direct, "gateway_stream": through}
+    return await _runs(plans, options.stream_rate_per_s, options)
+
+
 async def _latency_runs(
     upstream_url: str, gateway_url: str, options: BenchOptions
 ) -> dict[str, dict[str, Any]]:
     direct_url = f"{upstream_url}/v2/models/{TRITON_MODEL}/generate_stream"
     through_url = f"{gateway_url}/v1/completions"
+    plans: dict[str, _Action] = {
+        "direct": lambda c: _read_all(c, direct_url, _triton_body(LATENCY_TOKENS)),
+        "gateway": lambda c: _read_all(c, through_url, _openai_body(LATENCY_TOKENS, False)),
+    }
+    return await _runs(plans, options.rate_per_s, options)
 
-    def triton_body(tokens: int) -> dict[str, Any]:
-        return {"text_input": PROMPT, "max_tokens": tokens, "stream": True,
-                "return_num_input_tokens": True, "return_num_output_tokens": True}  # fmt: skip
 
-    def openai_body(tokens: int, stream: bool) -> dict[str, Any]:
-        return {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "stream": stream}
-
-    # Streams first: an overload at the latency runs' rate must not leave them a wedged gateway.
-    plans: dict[str, tuple[_Action, float]] = {
-        "direct_stream": (lambda c: _event_gaps(c, direct_url, triton_body(STREAM_TOKENS)),
-                          options.stream_rate_per_s),
-        "gateway_stream": (lambda c: _event_gaps(c, through_url, openai_body(STREAM_TOKENS, True)),
-                           options.stream_rate_per_s),
-        "direct": (lambda c: _read_all(c, direct_url, triton_body(LATENCY_TOKENS)),
-                   options.rate_per_s),
-        "gateway": (lambda c: _read_all(c, through_url, openai_body(LATENCY_TOKENS, False)),
-                    options.rate_per_s),
-    }  # fmt: skip
+async def _runs(
+    plans: dict[str, _Action], rate_per_s: float, options: BenchOptions
+) -> dict[str, dict[str, Any]]:
+    """Each plan in turn: a warm-up, then the measured open loop."""
     runs = {}
     async with _Clients() as clients:
-        for seed, (name, (action, rate_per_s)) in enumerate(plans.items(), options.seed):
+        for seed, (name, action) in enumerate(plans.items(), options.seed):
             rng = np.random.default_rng(seed)
             await _open_loop(action, clients, rate_per_s, options.warmup_s, rng)
             runs[name] = await _open_loop(action, clients, rate_per_s, options.duration_s, rng)
@@ -216,17 +249,31 @@ async def _read_all(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -
     return (time.perf_counter() - started_s) * 1000
 
 
-async def _event_gaps(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> np.ndarray:
-    """Milliseconds between consecutive SSE events of one streamed answer."""
-    arrivals_s = []
+async def _token_trips(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], text_of: Callable[[Any], str]
+) -> np.ndarray:
+    """Milliseconds from each token's send time (its text) to the moment it was read."""
+    trips_ms = []
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
             await response.aread()
             raise _Failed(f"HTTP {response.status_code}: {response.text[:200]}")
         async for line in response.aiter_lines():
-            if line.startswith("data:") and line != "data: [DONE]":
-                arrivals_s.append(time.perf_counter())
-    return np.diff(np.array(arrivals_s)) * 1000
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            read_ns = time.monotonic_ns()
+            for sent_ns in text_of(json.loads(line.removeprefix("data:"))).split():
+                trips_ms.append((read_ns - int(sent_ns)) / 1e6)
+    return np.array(trips_ms)
+
+
+def _triton_text(event: Any) -> str:
+    return str(event.get("text_output", ""))
+
+
+def _completion_text(event: Any) -> str:
+    choices = event.get("choices") or []
+    return str(choices[0].get("text") or "") if choices else ""
 
 
 async def _open_loop(
@@ -297,15 +344,14 @@ def _report(
     sides = {}
     for side in ("direct", "gateway"):
         latency_ms = np.array(runs[side]["results"])
-        gaps_ms = np.concatenate(runs[f"{side}_stream"]["results"])
+        trips_ms = np.concatenate(runs[f"{side}_stream"]["results"])
         sides[side] = {
             "p50": _percentile(latency_ms, 50),
             "p99": _percentile(latency_ms, 99),
             "mean": float(latency_ms.mean()),
-            "stream_chunk_p50": _percentile(gaps_ms, 50),
-            "stream_events_mean": float(
-                np.mean([len(gaps) + 1 for gaps in runs[f"{side}_stream"]["results"]])
-            ),
+            "stream_token_trip_p50": _percentile(trips_ms, 50),
+            "stream_token_trip_p99": _percentile(trips_ms, 99),
+            "stream_tokens": len(trips_ms),
             "requests": runs[side]["requests"],
             "errors": runs[side]["errors"] + runs[f"{side}_stream"]["errors"],
             "first_error": runs[side]["first_error"] or runs[f"{side}_stream"]["first_error"],
@@ -315,7 +361,10 @@ def _report(
     direct, gateway = sides["direct"], sides["gateway"]
     return {
         "added_latency_ms": {p: gateway[p] - direct[p] for p in ("p50", "p99")},
-        "stream_chunk_added_ms": {"p50": gateway["stream_chunk_p50"] - direct["stream_chunk_p50"]},
+        "stream_chunk_added_ms": {
+            p: gateway[f"stream_token_trip_{p}"] - direct[f"stream_token_trip_{p}"]
+            for p in ("p50", "p99")
+        },
         "max_rps": max_rps,
         "setting": asdict(options) | {
             "max_rps_workers": workers,
@@ -325,10 +374,11 @@ def _report(
             "arrivals": "poisson, open loop",
             "load_clients": f"{CLIENTS} keep-alive httpx clients taken in turn (one client "
             "slows down with dozens of requests in flight: encode/httpx#3215)",
-            "stream_events": "the gateway forwards the events that reach it in one read as "
-            "one, so it may send fewer than the upstream (stream_events_mean)",
             "max_tokens": LATENCY_TOKENS,
             "stream_max_tokens": STREAM_TOKENS,
+            "stream_token_interval_ms": STREAM_TOKEN_INTERVAL_MS,
+            "stream_chunk_added": "median token trip (upstream send to client read, same "
+            "machine's monotonic clock) through the gateway minus direct",
             "prompt": PROMPT,
             "upstream": "throttllem.instant_upstream, Triton generate_stream, no delay",
             "added_latency": "percentile of gateway latency minus the same percentile direct",
@@ -357,8 +407,8 @@ def _print(report: dict[str, Any]) -> None:
     rows = [
         ("latency p50 ms", "p50", added["p50"], TARGETS_MS["added_p50"]),
         ("latency p99 ms", "p99", added["p99"], TARGETS_MS["added_p99"]),
-        (f"stream event gap p50 ms ({s['stream_max_tokens']} tok, {s['stream_rate_per_s']:g}/s)",
-         "stream_chunk_p50", chunk["p50"], TARGETS_MS["stream_chunk_added_p50"]),
+        (f"stream token trip p50 ms ({s['stream_rate_per_s']:g} streams/s)",
+         "stream_token_trip_p50", chunk["p50"], TARGETS_MS["stream_chunk_added_p50"]),
     ]  # fmt: skip
     for label, key, value, target in rows:
         met = "met" if value <= target else "MISSED"
@@ -373,7 +423,8 @@ def _print(report: dict[str, Any]) -> None:
         error = f", first: {side['first_error']}" if side["errors"] else ""
         print(f"  {name}: {side['requests']} requests ({side['completed_per_s']:.0f}/s completed), "
               f"{side['errors']} errors{error}; send lag p99 {side['send_lag_p99']:.2f} ms; "
-              f"{side['stream_events_mean']:.1f} events per stream")  # fmt: skip
+              f"{side['stream_tokens']} streamed tokens timed, trip p99 "
+              f"{side['stream_token_trip_p99']:.2f} ms")  # fmt: skip
 
 
 def _free_ports(count: int) -> list[int]:

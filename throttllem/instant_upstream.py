@@ -6,12 +6,17 @@ delay, so any latency measured through it is the gateway's and the transport's. 
 counts one token per whitespace-separated word. The last requests it received are kept
 in `app.state.received` for tests.
 
-    python -m throttllem.instant_upstream --port 8010 [--model NAME]
+Paced (`--token-interval-ms`), Triton's `generate_stream` sends one token every interval,
+its text the sender's `time.monotonic_ns()`: a client on the same machine can then time
+each token's trip through whatever sits in between.
+
+    python -m throttllem.instant_upstream --port 8010 [--model NAME] [--token-interval-ms MS]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from collections import deque
@@ -42,7 +47,7 @@ class _BadRequest(Exception):
 
 
 def instant_upstream_app(
-    model_name: str = "llama-2-13b", triton_model: str = "ensemble"
+    model_name: str = "llama-2-13b", triton_model: str = "ensemble", token_interval_ms: float = 0.0
 ) -> Starlette:
     """`model_name` is what `/v1/*` serves; `triton_model` what `/v2/models/*` serves."""
     received: deque[ReceivedRequest] = deque(maxlen=RECEIVED_KEPT)
@@ -81,9 +86,13 @@ def instant_upstream_app(
             prompt_tokens, max_tokens = _triton_inputs(request, body, triton_model)
         except _BadRequest as error:
             return _triton_error(str(error), 400)
-        event = _sse({"model_name": triton_model, "model_version": "1", "text_output": TOKEN,
-                      "num_output_tokens": 1, "num_input_tokens": prompt_tokens})  # fmt: skip
-        return StreamingResponse(_repeat(event, max_tokens), media_type="text/event-stream")
+        event = {"model_name": triton_model, "model_version": "1", "text_output": TOKEN,
+                 "num_output_tokens": 1, "num_input_tokens": prompt_tokens}  # fmt: skip
+        if token_interval_ms > 0:
+            events = _stamped(event, max_tokens, token_interval_ms / 1000)
+        else:
+            events = _repeat(_sse(event), max_tokens)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -159,6 +168,14 @@ async def _repeat(event: bytes, times: int) -> AsyncIterator[bytes]:
         yield event
 
 
+async def _stamped(event: dict[str, Any], times: int, interval_s: float) -> AsyncIterator[bytes]:
+    """One token every `interval_s`, its text the moment it is sent."""
+    for index in range(times):
+        if index:
+            await asyncio.sleep(interval_s)
+        yield _sse(event | {"text_output": f"{time.monotonic_ns()} "})
+
+
 async def _completion_events(
     model: str, prompt_tokens: int, max_tokens: int, include_usage: bool, continuous_usage: bool
 ) -> AsyncIterator[bytes]:
@@ -201,9 +218,11 @@ def _openai_error(message: str, error_type: str, status: int) -> JSONResponse:
     )
 
 
-def serve_instant_upstream(host: str, port: int, model_name: str = "llama-2-13b") -> None:
+def serve_instant_upstream(
+    host: str, port: int, model_name: str = "llama-2-13b", token_interval_ms: float = 0.0
+) -> None:
     uvicorn.run(
-        instant_upstream_app(model_name),
+        instant_upstream_app(model_name, token_interval_ms=token_interval_ms),
         host=host,
         port=port,
         log_level="warning",
@@ -218,8 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8010, help="port (default: 8010)")
     parser.add_argument("--model", default="llama-2-13b", help="model name /v1 serves")
+    parser.add_argument("--token-interval-ms", type=float, default=0.0,
+                        help="pace generate_stream, each token's text its send time (default: 0, "
+                        "all at once)")  # fmt: skip
     args = parser.parse_args(argv)
-    serve_instant_upstream(args.host, args.port, args.model)
+    serve_instant_upstream(args.host, args.port, args.model, args.token_interval_ms)
     return 0
 
 
