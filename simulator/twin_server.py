@@ -7,13 +7,14 @@ process group, so whoever started this process can stop all of it at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sysconfig
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -22,6 +23,12 @@ import uvicorn
 from predictor.tokenizer import PromptTokenizer
 from simulator.control_api import create_control_app
 from simulator.engine import Engine
+from simulator.engine_sizes import (
+    engine_model_name,
+    ensemble_model_name,
+    size_label,
+    write_ensemble,
+)
 from simulator.profile import DEFAULT_PROFILE, load_profile
 from simulator.realtime import RealtimeEngine
 from simulator.responses import LengthDistribution, Responses
@@ -43,6 +50,10 @@ class TwinOptions:
     seed: int = 0
     triton_log_file: Path | None = None
     parent_pid: int | None = None
+    # More engine sizes, each served as `ensemble-<label>` and loaded on demand through
+    # the repository API (simulator/engine_sizes.py); the primary's is loaded at start.
+    scale_profiles: tuple[str, ...] = ()
+    repository_token: str | None = None  # header triton-access-token; None: a random one
 
 
 def prepare_python_backend_environment() -> None:
@@ -65,12 +76,19 @@ def serve_twin(options: TwinOptions) -> None:
     """Serve until SIGINT or SIGTERM; Triton and its stubs are stopped before returning."""
     prepare_python_backend_environment()
     from pytriton.model_config import ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
+    from pytriton.utils.workspace import Workspace
 
-    engine, responses = build_twin(options)  # before Triton starts: bad options fail fast
-    model = TwinModel(engine, responses)
+    # Before Triton starts: bad options fail fast.
+    engine, responses = build_twin(options)
+    sizes = {size_label(options.profile): (engine, responses)}
+    for profile in options.scale_profiles:
+        sizes[size_label(profile)] = build_twin(replace(options, profile=profile))
+    if len(sizes) != len(options.scale_profiles) + 1:
+        raise TwinOptionsError("every engine size needs its own label (the profile's last part)")
     control = _start_control_api(engine, options)
-    engine.start()
+    for sized_engine, _ in sizes.values():
+        sized_engine.start()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)  # even if started with SIGINT ignored
     config = TritonConfig(
@@ -82,32 +100,65 @@ def serve_twin(options: TwinOptions) -> None:
         metrics_port=options.metrics_port,
         log_file=options.triton_log_file,
     )
+    workspace = Workspace()
     if options.parent_pid is not None:
         _exit_with_parent(options.parent_pid)
+
+    def bind(triton: Triton, name: str, model: TwinModel) -> None:
+        triton.bind(
+            model_name=name,
+            infer_func=model,
+            inputs=[
+                Tensor(name=t.name, dtype=t.dtype, shape=(1,), optional=t.optional) for t in INPUTS
+            ],
+            outputs=[Tensor(name=t.name, dtype=t.dtype, shape=(1,)) for t in OUTPUTS],
+            config=ModelConfig(decoupled=True, batching=False),
+            strict=False,
+        )
+
     try:
-        with Triton(config=config) as triton:
-            triton.bind(
-                model_name=MODEL_NAME,
-                infer_func=model,
-                inputs=[
-                    Tensor(name=t.name, dtype=t.dtype, shape=(1,), optional=t.optional)
-                    for t in INPUTS
-                ],
-                outputs=[Tensor(name=t.name, dtype=t.dtype, shape=(1,)) for t in OUTPUTS],
-                config=ModelConfig(decoupled=True, batching=False),
-                strict=False,
-            )
+        with Triton(
+            config=config,
+            workspace=workspace,
+            security_config=TritonSecurityConfig(access_token=options.repository_token),
+            # Model files in the repository, so that Triton can load ensembles over them.
+            triton_lifecycle_policy=TritonLifecyclePolicy(local_model_store=bool(options.scale_profiles)),
+        ) as triton:  # fmt: skip
+            bind(triton, MODEL_NAME, TwinModel(engine, responses))
+            if options.scale_profiles:
+                for label, (sized_engine, sized_responses) in sizes.items():
+                    bind(triton, engine_model_name(label), TwinModel(sized_engine, sized_responses))
+            triton.run()
+            if options.scale_profiles:
+                for label in sizes:
+                    write_ensemble(workspace.model_store_path, label)
+                _load_ensemble(options, ensemble_model_name(size_label(options.profile)))
             log.info(
-                "twin ready: Triton HTTP on %s:%d, GPU control on %s:%d",
+                "twin ready: Triton HTTP on %s:%d, GPU control on %s:%d; engine sizes %s",
                 options.host,
                 options.http_port,
                 options.host,
                 options.control_port,
+                ", ".join(sizes),
             )
-            triton.serve()
+            with contextlib.suppress(KeyboardInterrupt):  # SIGINT or SIGTERM: stop
+                while triton.is_alive():
+                    time.sleep(1.0)
     finally:
-        engine.stop()
+        for sized_engine, _ in sizes.values():
+            sized_engine.stop()
         control.should_exit = True
+
+
+def _load_ensemble(options: TwinOptions, name: str) -> None:
+    """Load the primary size's ensemble, as a scaler would, once Triton is up."""
+    import httpx
+
+    headers = {"triton-access-token": options.repository_token or ""}
+    url = f"http://{options.host}:{options.http_port}/v2/repository/models/{name}/load"
+    response = httpx.post(url, headers=headers, json={}, timeout=120.0)
+    if response.status_code != 200:
+        raise RuntimeError(f"Triton did not load {name}: {response.text[:300]}")
 
 
 class TwinOptionsError(ValueError):

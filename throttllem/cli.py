@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton-log-file", type=Path, default=None, help="Triton's log (default: stdout)"
     )
     twin.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone")
+    twin.add_argument(
+        "--scale-profiles",
+        default="",
+        help="more engine sizes for instance scaling, comma-separated profiles; each size is "
+        "served as ensemble-<label> (e.g. ensemble-tp2) and loaded through Triton's repository "
+        "API; the --profile's ensemble is loaded at start",
+    )
+    twin.add_argument(
+        "--repository-token",
+        default=None,
+        help="the triton-access-token header Triton's repository API wants (default: a random "
+        "one, so nothing outside can load or unload)",
+    )
     twin.set_defaults(handler=_twin)
 
     bench = commands.add_parser(
@@ -214,6 +227,8 @@ def _twin(args: argparse.Namespace) -> int:
         seed=args.seed,
         triton_log_file=args.triton_log_file,
         parent_pid=args.parent_pid,
+        scale_profiles=tuple(p.strip() for p in args.scale_profiles.split(",") if p.strip()),
+        repository_token=args.repository_token,
     )
     try:
         serve_twin(options)

@@ -1,0 +1,35 @@
+"""`ScalingChannel` in Redis, for gateway workers and a governor on other hosts.
+
+Keys, under the instance's prefix like the scoreboard:
+
+- `throttllem:{instance}:scaling:arrivals`: integer, every gateway's arrivals (INCRBY).
+- `throttllem:{instance}:scaling:route`: string, the Triton model new requests go to.
+
+Neither expires: a route outlives a restart of the scaler, so gateways keep sending
+traffic to the engine that is loaded.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+
+class RedisScalingChannel:
+    def __init__(self, client: Redis, instance: str) -> None:
+        self._client = client
+        self._arrivals_key = f"throttllem:{instance}:scaling:arrivals"
+        self._route_key = f"throttllem:{instance}:scaling:route"
+
+    async def add_arrivals(self, count: int) -> None:
+        if count:
+            await self._client.incrby(self._arrivals_key, count)
+
+    async def arrivals(self) -> int:
+        return int(await self._client.get(self._arrivals_key) or 0)
+
+    async def route(self) -> str | None:
+        value = await self._client.get(self._route_key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def set_route(self, triton_model: str) -> None:
+        await self._client.set(self._route_key, triton_model)
