@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
+from redis.asyncio import Redis
 
 from gateway.admission import Admission
 from gateway.auth import require_api_key
@@ -20,6 +21,7 @@ from gateway.middleware import BodyLimit, CountResponses, RequestId
 from gateway.planning import AdmissionPlanner, EngineShape
 from gateway.predictions import Predictions, load_predictions
 from gateway.routes import admin, chat, completions, health, models
+from gateway.scaling_follower import ScalingFollower
 from gateway.services import Services
 from gateway.settings import GpuBackendKind, Settings
 from gateway.state import MemoryStateStore, StateStore
@@ -29,6 +31,10 @@ from governor.gpu.simulated import SimulatedGpu
 from governor.iteration_times import TableIterationTimes
 from governor.loop import ClockGovernor, FrequencyPolicy, HighestClock
 from governor.policy import PlannerPolicy, store_reader
+from governor.scaler import InstanceScaler
+from governor.scaling import MemoryScalingChannel, ScalingChannel, ScalingPolicy
+from governor.scaling_redis import RedisScalingChannel
+from governor.triton_repository import TritonRepository
 from predictor.tokenizer import PromptTokenizer
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [asyncio.create_task(services.admission.run(), name="admission")]
         if services.governor is not None:
             tasks.append(asyncio.create_task(services.governor.run(), name="clock-governor"))
+        if services.scaling is not None:
+            tasks.append(asyncio.create_task(services.scaling.run(), name="scaling-follower"))
+        scaler = _embedded_scaler(settings, services.scaling)
+        if scaler is not None:
+            tasks.append(asyncio.create_task(scaler.run(settings.triton_model), name="scaler"))
         try:
             yield
         finally:
@@ -94,9 +105,11 @@ def _build_services(
         window_s=settings.governor_window_ms / 1000,
         refresh_every_s=settings.state_entry_ttl_s / 3,
     )
+    scaling = _scaling_follower(settings)
+    route = (lambda: scaling.model) if scaling is not None else None
     return Services(
         settings=settings,
-        backend=connect_backend(settings),
+        backend=connect_backend(settings, route),
         store=store,
         admission=admission,
         metrics=metrics,
@@ -104,6 +117,41 @@ def _build_services(
         predictions=predictions,
         chat_template=chat_template,
         governor=governor,
+        scaling=scaling,
+    )
+
+
+def _scaling_follower(settings: Settings) -> ScalingFollower | None:
+    """With instance scaling: the channel in Redis when workers share one, else in memory
+    (then this process also runs the scaler)."""
+    if not settings.autoscale:
+        return None
+    channel: ScalingChannel = MemoryScalingChannel()
+    if settings.redis_url is not None:
+        channel = RedisScalingChannel(Redis.from_url(settings.redis_url), settings.instance)
+    return ScalingFollower(channel, settings.triton_model)
+
+
+def _embedded_scaler(settings: Settings, follower: ScalingFollower | None) -> InstanceScaler | None:
+    """The scaler runs here only for a single process; with Redis, `throttllem govern`'s
+    leader runs it, so that one scaler acts per instance."""
+    if follower is None or settings.redis_url is not None:
+        return None
+    return build_scaler(settings, follower.channel)
+
+
+def build_scaler(settings: Settings, channel: ScalingChannel) -> InstanceScaler:
+    token = settings.triton_repository_token
+    repository = TritonRepository(
+        settings.backend_url, access_header=("triton-access-token", token) if token else None
+    )
+    policy = ScalingPolicy(settings.engine_sizes, settings.scale_headroom, settings.scale_grace_s)
+    return InstanceScaler(
+        policy,
+        channel,
+        repository,
+        interval_s=settings.scale_interval_s,
+        drain_s=settings.scale_drain_s,
     )
 
 

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from gateway.backends.base import Backend
 from gateway.metrics import GatewayMetrics
 from gateway.predictions import Predictions
+from gateway.scaling_follower import ScalingFollower
 from gateway.settings import Settings
 from gateway.state import StateStore
 from governor.loop import ClockGovernor
@@ -31,6 +32,7 @@ class Services:
     predictions: Predictions
     chat_template: ChatTemplate
     governor: ClockGovernor | None = None
+    scaling: ScalingFollower | None = None  # instance scaling: arrivals and route
 
     def board_changed(self) -> None:
         """A request joined or left the engine: the governor decides now."""

@@ -97,6 +97,8 @@ async def serve(
             param="model",
             code="model_not_found",
         )
+    if services.scaling is not None:
+        services.scaling.arrived()
     slo = RequestSlo.from_headers(http_request.headers, settings)
     request_id: str = http_request.state.request_id
     prompt_tokens, max_tokens, predicted = await _read_prompt_off_loop(services, asked)

@@ -10,8 +10,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from governor.scaling import EngineSize, parse_engine_sizes
 
 
 class BackendKind(str, Enum):
@@ -175,6 +177,50 @@ class Settings(BaseSettings):
         description="Time a clock change takes to come into force, in ms; the planner's "
         "timeline starts after it.",
     )
+    autoscale: bool = Field(
+        False,
+        description="Instance scaling: move traffic between engine sizes by request rate "
+        "(Triton only; needs `engine_sizes`).",
+    )
+    engine_sizes: Annotated[list[EngineSize], NoDecode] = Field(
+        default_factory=list,
+        description='Engine sizes for instance scaling, JSON: `[{"label": "tp1", '
+        '"triton_model": "ensemble-tp1", "capacity_rps": 1.9}, ...]`; capacity_rps is the '
+        "profiled requests/s at the highest clock (`throttllem capacity` for the twin).",
+    )
+    scale_interval_s: float = Field(
+        10.0, gt=0, description="How often instance scaling compares the rate with capacity."
+    )
+    scale_headroom: float = Field(
+        0.85, gt=0, le=1, description="Share of an engine's capacity it is loaded to at most."
+    )
+    scale_grace_s: float = Field(
+        60.0, ge=0, description="How long the rate must fit a smaller size before shrinking."
+    )
+    scale_drain_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long an engine left behind keeps serving its requests before "
+        "it is unloaded.",
+    )
+    triton_repository_token: str | None = Field(
+        None,
+        description="Value of the `triton-access-token` header for Triton's repository API "
+        "(Triton run with --http-restricted-api=model-repository:...; PyTriton does).",
+    )
+
+    @field_validator("engine_sizes", mode="before")
+    @classmethod
+    def _engine_sizes(cls, value: object) -> object:
+        return parse_engine_sizes(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _scaling_needs_sizes(self) -> Settings:
+        if self.autoscale and not self.engine_sizes:
+            raise ValueError("THROTTLLEM_AUTOSCALE needs THROTTLLEM_ENGINE_SIZES")
+        if self.autoscale and self.backend_kind is not BackendKind.triton:
+            raise ValueError("THROTTLLEM_AUTOSCALE works with the Triton backend only")
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -71,6 +71,7 @@ class InstanceScaler:
         finally:
             for task in self._unloads.values():
                 task.cancel()
+            await self._repository.aclose()
 
     async def step(self) -> EngineSize:
         """One round: the rate since the last round, and a move if the policy wants one."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.backends.base import Backend
 from gateway.backends.openai_compat import OpenAICompatibleBackend
 from gateway.backends.triton import TritonBackend
 from gateway.settings import BackendKind, Settings
 
 
-def connect_backend(settings: Settings) -> Backend:
-    """The client of the server `settings.backend_kind` names, at `settings.backend_url`."""
+def connect_backend(settings: Settings, route: Callable[[], str] | None = None) -> Backend:
+    """The client of the server `settings.backend_kind` names, at `settings.backend_url`;
+    `route`, with instance scaling, names the Triton model that serves now."""
     if settings.backend_kind is BackendKind.openai:
         return OpenAICompatibleBackend.connect(
             settings.backend_url,
@@ -23,4 +26,5 @@ def connect_backend(settings: Settings) -> Backend:
         settings.triton_model,
         timeout_s=settings.backend_timeout_s,
         connect_timeout_s=settings.backend_connect_timeout_s,
+        route=route,
     )

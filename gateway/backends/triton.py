@@ -17,7 +17,7 @@ arrives as a `{"error": ...}` event under HTTP 200, so every event is checked.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gateway.backends.base import GenerationChunk, GenerationRequest, arrived_together
@@ -27,24 +27,36 @@ from gateway.errors import BackendError, BackendUnavailableError, InvalidRequest
 
 
 class TritonBackend:
-    def __init__(self, client: HttpClient, model: str = "ensemble") -> None:
+    def __init__(
+        self, client: HttpClient, model: str = "ensemble", route: Callable[[], str] | None = None
+    ) -> None:
         self._client = client
         self._model = model
+        self._route = route  # instance scaling: the model new requests go to now
+
+    @property
+    def model(self) -> str:
+        return self._route() if self._route is not None else self._model
 
     @classmethod
     def connect(
-        cls, base_url: str, model: str, timeout_s: float, connect_timeout_s: float
+        cls,
+        base_url: str,
+        model: str,
+        timeout_s: float,
+        connect_timeout_s: float,
+        route: Callable[[], str] | None = None,
     ) -> TritonBackend:
-        return cls(
-            HttpClient(base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s), model
-        )
+        client = HttpClient(base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+        return cls(client, model, route)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        url = f"/v2/models/{self._model}/generate_stream"
+        model = self.model
+        url = f"/v2/models/{model}/generate_stream"
         try:
             async with self._client.stream("POST", url, _ensemble_inputs(request)) as response:
                 if response.status != 200:
-                    raise _error_from_status(response.status, await response.read(), self._model)
+                    raise _error_from_status(response.status, await response.read(), model)
                 async for events in sse_batches(response.iter_bytes()):
                     for chunk in arrived_together(events, _chunk):
                         yield chunk
@@ -55,7 +67,7 @@ class TritonBackend:
 
     async def ready(self) -> bool:
         try:
-            status, _ = await self._client.request("GET", f"/v2/models/{self._model}/ready")
+            status, _ = await self._client.request("GET", f"/v2/models/{self.model}/ready")
         except UpstreamConnectionError:
             return False
         return status == 200
