@@ -32,9 +32,8 @@ from governor.iteration_times import TableIterationTimes
 from governor.loop import ClockGovernor, FrequencyPolicy, HighestClock
 from governor.policy import PlannerPolicy, store_reader
 from governor.scaler import InstanceScaler
-from governor.scaling import MemoryScalingChannel, ScalingChannel, ScalingPolicy
+from governor.scaling import MemoryScalingChannel, ScalingChannel
 from governor.scaling_redis import RedisScalingChannel
-from governor.triton_repository import TritonRepository
 from predictor.tokenizer import PromptTokenizer
 
 log = logging.getLogger(__name__)
@@ -137,22 +136,7 @@ def _embedded_scaler(settings: Settings, follower: ScalingFollower | None) -> In
     leader runs it, so that one scaler acts per instance."""
     if follower is None or settings.redis_url is not None:
         return None
-    return build_scaler(settings, follower.channel)
-
-
-def build_scaler(settings: Settings, channel: ScalingChannel) -> InstanceScaler:
-    token = settings.triton_repository_token
-    repository = TritonRepository(
-        settings.backend_url, access_header=("triton-access-token", token) if token else None
-    )
-    policy = ScalingPolicy(settings.engine_sizes, settings.scale_headroom, settings.scale_grace_s)
-    return InstanceScaler(
-        policy,
-        channel,
-        repository,
-        interval_s=settings.scale_interval_s,
-        drain_s=settings.scale_drain_s,
-    )
+    return InstanceScaler.from_settings(settings, follower.channel)
 
 
 def _embedded_governor(

@@ -5,7 +5,10 @@ supervisor; it runs `python -m governor.govern --heartbeat-fd N` as the governor
 The governor takes the instance's leader lock in Redis before it touches a clock, and
 on losing it stops and resets the clocks at once. Its policy is the SLO planner over
 the performance model (`THROTTLLEM_PERFORMANCE_MODEL_PATH`); without one it holds the
-highest clock. Its decisions use wall-clock time, the scoreboard's.
+highest clock. Its decisions use wall-clock time, the scoreboard's. Every clock change
+first checks the leader's fencing token, so a leader that was replaced but has not yet
+noticed changes nothing. With `THROTTLLEM_AUTOSCALE`, the leader also runs the instance
+scaler (governor/scaler.py) over the arrivals and route the gateways share in Redis.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from gateway.planning import AdmissionPlanner, EngineShape
 from gateway.predictions import load_predictions
@@ -31,6 +35,8 @@ from governor.iteration_times import TableIterationTimes
 from governor.leadership import LeaderElection, RedisLeaderLock, default_holder_id
 from governor.loop import ClockGovernor
 from governor.policy import PlannerPolicy, store_reader
+from governor.scaler import InstanceScaler
+from governor.scaling_redis import RedisScalingChannel
 from governor.watchdog import CONFIG_ERROR_EXIT_CODE, Heartbeat, ParentWatch, supervise
 from predictor.board import Board
 
@@ -153,32 +159,42 @@ async def run_governor(settings: Settings, heartbeat: Heartbeat) -> int:
         return 1
     finally:
         await beating
+    assert settings.redis_url is not None
+    lock = RedisLeaderLock(settings.redis_url, settings.instance, default_holder_id())
+    elected_token: int | None = None
+
+    async def still_leading() -> bool:
+        """The fencing check before any actuation: our token is still the newest."""
+        return elected_token is not None and await lock.fence_is_current(elected_token)
+
     governor = ClockGovernor(
         gpus, policy, window_s, clock_s=time.time,
         min_dwell_s=settings.governor_min_dwell_ms / 1000,
         switch_latency_s=settings.gpu_switch_latency_ms / 1000,
-        on_decision=heartbeat.beat,
+        on_decision=heartbeat.beat, may_actuate=still_leading,
     )  # fmt: skip
-    task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
 
     async def on_elected(token: int) -> None:
-        nonlocal task
+        nonlocal elected_token
+        elected_token = token
         heartbeat.leading = True
         heartbeat.beat()  # before any clock is locked: the supervisor knows to reset
-        task = asyncio.create_task(governor.run())
+        tasks.append(asyncio.create_task(governor.run()))
+        if settings.autoscale:
+            tasks.append(asyncio.create_task(_scaler(settings, still_leading)))
 
     async def on_lost() -> None:
-        nonlocal task
-        if task is not None:
+        nonlocal elected_token
+        elected_token = None
+        while tasks:
+            task = tasks.pop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task  # resets the clocks on its way out
-            task = None
+                await task  # the clock loop resets the clocks on its way out
         heartbeat.leading = False
         heartbeat.beat()
 
-    assert settings.redis_url is not None
-    lock = RedisLeaderLock(settings.redis_url, settings.instance, default_holder_id())
     election = asyncio.create_task(
         LeaderElection(lock, on_elected=on_elected, on_lost=on_lost).run()
     )
@@ -201,6 +217,18 @@ async def run_governor(settings: Settings, heartbeat: Heartbeat) -> int:
         await lock.aclose()
         await governor.aclose()
     return 0
+
+
+async def _scaler(settings: Settings, still_leading: Callable[[], Awaitable[bool]]) -> None:
+    """Instance scaling, run by the leader only: one scaler acts per instance."""
+    assert settings.redis_url is not None
+    client = Redis.from_url(settings.redis_url)
+    try:
+        channel = RedisScalingChannel(client, settings.instance)
+        scaler = InstanceScaler.from_settings(settings, channel, may_act=still_leading)
+        await scaler.run(settings.triton_model)
+    finally:
+        await client.aclose()
 
 
 def _stopping(stop: asyncio.Event) -> None:

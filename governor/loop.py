@@ -59,6 +59,7 @@ class GovernorStatus:
     decisions: int = 0
     clock_changes: int = 0
     held_changes: int = 0
+    fenced_changes: int = 0  # refused: the fencing token was no longer current
     last_decision_ms: float | None = None
     last_error: str | None = None
 
@@ -75,9 +76,12 @@ class ClockGovernor:
         switch_latency_s: float = 0.0,
         monotonic_s: Callable[[], float] = time.monotonic,
         on_decision: Callable[[], None] | None = None,
+        may_actuate: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """`clock_s` is the policy's time (the scoreboard's: wall clock for the planner);
-        `monotonic_s` times the dwell; `on_decision` is called after every pass (heartbeat)."""
+        `monotonic_s` times the dwell; `on_decision` is called after every pass (heartbeat);
+        `may_actuate`, asked before every clock change, is the leader's fencing check: a
+        governor that was replaced changes nothing even before it learns it lost the lead."""
         if not gpus:
             raise ValueError("a governor needs at least one GPU")
         if min_dwell_s < 0 or switch_latency_s < 0:
@@ -90,6 +94,7 @@ class ClockGovernor:
         self._min_dwell_s = min_dwell_s
         self._switch_latency_s = switch_latency_s
         self._on_decision = on_decision
+        self._may_actuate = may_actuate
         self._last_change_s: float | None = None
         self._wake = asyncio.Event()
         self.status = GovernorStatus()
@@ -138,6 +143,11 @@ class ClockGovernor:
             and now_s - self._last_change_s < self._min_dwell_s
         ):
             self.status.held_changes += 1
+            return
+        if self._may_actuate is not None and not await self._may_actuate():
+            self.status.fenced_changes += 1
+            log.warning("governor: a newer leader holds the instance: %d MHz not applied",
+                        target_mhz)  # fmt: skip
             return
         for gpu in self._gpus:
             await gpu.lock_clock(target_mhz)

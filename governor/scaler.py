@@ -13,11 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from governor.cancellation import raise_if_cancelled
 from governor.scaling import EngineSize, ScalingChannel, ScalingPolicy
 from governor.triton_repository import RepositoryError, TritonRepository
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,9 @@ class InstanceScaler:
         drain_s: float = 60.0,
         ready_timeout_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        may_act: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        """`may_act`, asked before every move, is the leader's fencing check."""
         self.policy = policy
         self.current = policy.sizes[0]
         self.rate_rps: float | None = None
@@ -46,6 +52,30 @@ class InstanceScaler:
         self._clock = clock
         self._last_count: tuple[int, float] | None = None
         self._unloads: dict[str, asyncio.Task[None]] = {}
+        self._may_act = may_act
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        channel: ScalingChannel,
+        may_act: Callable[[], Awaitable[bool]] | None = None,
+    ) -> InstanceScaler:
+        token = settings.triton_repository_token
+        repository = TritonRepository(
+            settings.backend_url, access_header=("triton-access-token", token) if token else None
+        )
+        policy = ScalingPolicy(
+            settings.engine_sizes, settings.scale_headroom, settings.scale_grace_s
+        )
+        return cls(
+            policy,
+            channel,
+            repository,
+            interval_s=settings.scale_interval_s,
+            drain_s=settings.scale_drain_s,
+            may_act=may_act,
+        )
 
     async def start(self, default_model: str) -> None:
         """Take up the route a previous scaler left, else the size serving `default_model`."""
@@ -87,6 +117,9 @@ class InstanceScaler:
 
     async def move_to(self, target: EngineSize) -> bool:
         """Load `target` in the shadow, route traffic to it once ready, drain the old one."""
+        if self._may_act is not None and not await self._may_act():
+            log.warning("instance scaling: a newer leader holds the instance; not moving")
+            return False
         draining = self._unloads.pop(target.triton_model, None)
         if draining is not None:
             draining.cancel()  # still loaded: take it back

@@ -190,3 +190,27 @@ async def test_the_policy_plans_from_after_the_switch_latency_and_each_pass_is_r
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_governor_whose_fencing_token_is_stale_changes_no_clock():
+    gpu = RecordingGpu()
+    current = [True]
+
+    async def token_is_current() -> bool:
+        return current[0]
+
+    policy = ScriptedPolicy(1005)
+    governor = ClockGovernor([gpu], policy, window_s=60.0, may_actuate=token_is_current)
+    task = asyncio.create_task(governor.run())
+    await wait_for_decisions(governor, 1)
+    assert gpu.locks == [1005]
+    current[0] = False  # a newer leader took the instance
+    policy.clock_mhz = 810
+    governor.poke()
+    await wait_for_decisions(governor, 2)
+    assert gpu.locks == [1005]
+    assert governor.status.fenced_changes == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gpu.resets == 1  # stepping down still resets

@@ -185,3 +185,22 @@ def test_a_gateway_with_autoscale_moves_its_traffic_to_the_bigger_engine(
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+async def test_a_scaler_that_is_no_longer_leader_moves_nothing(twin: Twin):
+    channel = MemoryScalingChannel()
+    repo = repository(twin)
+
+    async def newer_leader_exists() -> bool:
+        return False
+
+    policy = ScalingPolicy([TP1, TP2], headroom=1.0)
+    scaler = InstanceScaler(policy, channel, repo, may_act=newer_leader_exists)
+    try:
+        await repo.unload("ensemble-tp2")  # whatever an earlier test left loaded
+        await scaler.start(default_model="ensemble-tp1")
+        assert not await scaler.move_to(TP2)
+        assert await channel.route() == "ensemble-tp1"
+        assert not await repo.ready("ensemble-tp2")
+    finally:
+        await repo.aclose()
