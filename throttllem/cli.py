@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "gateway",
         help="the latency the gateway adds in front of an instant Triton upstream; max req/s",
         description="Open-loop Poisson load straight to an instant Triton upstream and through "
-        "the gateway (`throttllem serve`): added latency p50/p99, added gap between streamed "
-        "events, and completed req/s of a closed loop. The load generator shares the cores.",
+        "the gateway (`throttllem serve`): added latency p50/p99, added trip of each streamed "
+        "token, and completed req/s of a closed loop. The load generator shares the cores.",
     )
     gateway_bench.add_argument("--json", type=Path, default=None, help="write the report here")
     gateway_bench.add_argument("--rate", type=float, default=200.0, help="req/s (default: 200)")
@@ -127,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration-s", type=float, default=10.0, help="seconds of each measured run (default: 10)"
     )
     gateway_bench.set_defaults(handler=_bench_gateway)
+    capacity = commands.add_parser(
+        "capacity",
+        help="each engine size's capacity (req/s at the highest clock) for instance scaling",
+        description="Queue a trace's length mix on the twin of each engine size, at its "
+        "highest clock in virtual time, and print the requests/s it completes, with the "
+        "THROTTLLEM_ENGINE_SIZES that serves the twin's sizes.",
+    )
+    capacity.add_argument(
+        "--profiles",
+        default="a100-40gb/llama-2-13b/tp1,a100-40gb/llama-2-13b/tp2,a100-40gb/llama-2-13b/tp4",
+        help="comma-separated twin profiles, one per engine size (default: Llama-2-13B on "
+        "A100-40GB at TP1, TP2, TP4, the paper's)",
+    )
+    capacity.add_argument(
+        "--trace",
+        type=Path,
+        default=Path("../shared/data/traces/AzureLLMInferenceTrace_conv.csv"),
+        help="Azure trace CSV whose lengths make the mix (default: the conversation trace)",
+    )
+    capacity.add_argument("--requests", type=int, default=2000, help="requests in the mix")
+    capacity.set_defaults(handler=_capacity)
     add_profile_command(commands)
     add_train_command(commands)
 
@@ -235,6 +256,26 @@ def _twin(args: argparse.Namespace) -> int:
     except TwinOptionsError as error:
         print(f"throttllem twin: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from simulator.capacity import engine_sizes_json, length_mix, saturated_capacity_rps
+    from simulator.profile import UnknownProfileError, load_profile
+    from simulator.traces import TraceError, read_azure_trace
+
+    try:
+        prompts, outputs = length_mix(read_azure_trace(args.trace), args.requests)
+        names = [name.strip() for name in args.profiles.split(",") if name.strip()]
+        capacities = {name: saturated_capacity_rps(load_profile(name), prompts, outputs)
+                      for name in names}  # fmt: skip
+    except (TraceError, UnknownProfileError, ValueError) as error:
+        print(f"throttllem capacity: {error}", file=sys.stderr)
+        return 2
+    print(f"capacity at the highest clock, {len(prompts)} requests of {args.trace.name}:")
+    for name, rps in capacities.items():
+        print(f"  {name:<32} {rps:8.3f} req/s")
+    print(f"THROTTLLEM_ENGINE_SIZES='{engine_sizes_json(capacities)}'")
     return 0
 
 
