@@ -147,7 +147,8 @@ def _embedded_governor(
     gpus = [SimulatedGpu.connect(settings.gpu_control_url, index) for index in settings.gpu_indices]
     policy: FrequencyPolicy = HighestClock()
     if planner is not None:
-        policy = PlannerPolicy(store_reader(store), planner.board, planner.model)
+        policy = PlannerPolicy(store_reader(store), planner.board, planner.model,
+                               margin=settings.governor_margin)  # fmt: skip
     return ClockGovernor(
         gpus,
         policy,
@@ -178,4 +179,7 @@ def _planner(settings: Settings, predictions: Predictions) -> AdmissionPlanner |
         kv_capacity_blocks=settings.engine_kv_capacity_blocks,
         tokens_per_block=settings.engine_tokens_per_block,
     )
-    return AdmissionPlanner(TableIterationTimes(predictions.performance), engine)
+    model = TableIterationTimes(
+        predictions.performance, prefill_s_per_token=settings.prefill_us_per_token / 1e6
+    )
+    return AdmissionPlanner(model, engine)

@@ -54,8 +54,11 @@ class AdmissionPlanner:
     ) -> Verdict:
         if not entries:  # nobody to protect: the engine is the judge of what fits
             return Verdict.ADMIT
-        decision = admit(self.board(entries, now_s), _requests([candidate]), self.model,
-                         self.horizon)  # fmt: skip
+        return self.verdict_on(self.board(entries, now_s), _requests([candidate]))
+
+    def verdict_on(self, board: Board, candidate: Requests) -> Verdict:
+        """The verdict for one queued row `candidate` joining `board` (not empty)."""
+        decision = admit(board, candidate, self.model, self.horizon)
         if decision.admit:
             return Verdict.ADMIT
         own = decision.with_request

@@ -171,6 +171,20 @@ class Settings(BaseSettings):
         description="Least time between two clock changes when lowering, in ms (raising is "
         "always immediate).",
     )
+    governor_margin: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of every promise's budget the planned clock keeps to spare, so "
+        "that the next arrival still fits at the highest clock (admission uses the exact "
+        "promises).",
+    )
+    prefill_us_per_token: float = Field(
+        0.0,
+        ge=0,
+        description="Microseconds a prompt token adds to its iteration at the highest clock "
+        "(the decode profile leaves prefill out); `throttllem run` measures the twin's.",
+    )
     gpu_switch_latency_ms: float = Field(
         200.0,
         ge=0,

@@ -115,7 +115,8 @@ def _policy(settings: Settings) -> PlannerPolicy:
     table = predictions.performance
     if table is None:
         log.warning("governor: no performance model: holding the highest clock")
-    model = TableIterationTimes(table) if table is not None else None
+    prefill_s = settings.prefill_us_per_token / 1e6
+    model = TableIterationTimes(table, prefill_s_per_token=prefill_s) if table is not None else None
     shape = EngineShape(
         max_batch=settings.engine_max_batch,
         kv_capacity_blocks=settings.engine_kv_capacity_blocks,
@@ -127,7 +128,7 @@ def _policy(settings: Settings) -> PlannerPolicy:
     )
     planner = AdmissionPlanner(model, shape) if model is not None else None
     board_of = planner.board if planner is not None else _no_board
-    return PlannerPolicy(store_reader(store), board_of, model)
+    return PlannerPolicy(store_reader(store), board_of, model, margin=settings.governor_margin)
 
 
 def _no_board(entries: Sequence[RequestEntry], now_s: float) -> Board:

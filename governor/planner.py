@@ -2,15 +2,25 @@
 clock that keeps every promise. Pure functions of a board and an iteration-time model.
 
 Feasible at a clock means, over the projected timeline (cumulative iteration times):
-the KV cache never overflows; no iteration a request takes part in (after its first)
-lasts longer than its TBT SLO; every queued request's first token comes within its TTFT
-SLO; every request finishes by its end-to-end deadline.
+the KV cache never overflows; every queued request's first token comes within its TTFT
+SLO; the mean time between each request's tokens still to come stays within its TBT
+SLO (time per output token, as `x-slo-tpot-ms` means it: one long iteration, such as
+another request's prefill, spreads over the whole answer); every request finishes by
+its end-to-end deadline.
+
+Lost promises. A promise that cannot be kept even at the highest clock (a long answer
+under a short end-to-end deadline, a request that waited too long) is renegotiated
+rather than obeyed: its deadline moves to what the highest clock achieves, plus
+`LOST_PROMISE_SLACK` of its original budget. The clock search and admission then keep
+every other promise exactly, and the lost one within that bound. The paper instead
+holds the highest clock while anything is lost, and one hopeless request in a busy
+engine then pins the clock, and (through admission) holds back everyone behind it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -20,6 +30,7 @@ from predictor.projection import Projection, project
 
 DEFAULT_HORIZON = 4096
 TOLERANCE_S = 1e-9
+LOST_PROMISE_SLACK = 0.1  # a lost promise may slip this share of its budget past the best
 
 
 @dataclass(frozen=True)
@@ -45,11 +56,11 @@ class IterationTimes(Protocol):
 class _Runs:
     """The timeline's runs, and where each request's first and last token fall in them."""
 
-    def __init__(self, prepared: PreparedTimes, horizon: int, tightest_tbt_s: np.ndarray,
-                 first: np.ndarray, last: np.ndarray) -> None:  # fmt: skip
+    def __init__(
+        self, prepared: PreparedTimes, horizon: int, first: np.ndarray, last: np.ndarray
+    ) -> None:
         self.seconds = prepared.run_seconds
         self.lengths = np.diff(prepared.run_starts, append=horizon)
-        self.tightest_tbt_s = np.minimum.reduceat(tightest_tbt_s, prepared.run_starts) + TOLERANCE_S
         run_end = prepared.run_starts + self.lengths  # exclusive
         self.first_run = np.searchsorted(prepared.run_starts, first, side="right") - 1
         self.first_back = run_end[self.first_run] - 1 - first
@@ -96,16 +107,18 @@ class _Timeline:
         overflow = p.kv_blocks - board.kv_capacity_blocks
         self.kv_overflow_blocks = int(max(0, overflow.max(initial=0)))
         self.kv_overflow_iteration = int(np.argmax(overflow)) if self.kv_overflow_blocks else None
-        # A queued request's first iteration (its prefill) counts for TTFT, not TBT.
-        self.tbt_from = p.start.copy()
-        self.tbt_from[self.running :] += 1
+        # Gaps between the tokens still to come: a running request's next token follows
+        # its last one (now); a queued request's first token (its prefill) opens its gaps.
+        self.tbt_gaps = (p.end - p.start).astype(np.float64)
+        self.tbt_gaps[self.running :] -= 1
+        self._has_gaps = self.tbt_gaps > 0
+        self._gaps_or_one = np.maximum(self.tbt_gaps, 1.0)
         # Running requests have had their first token.
         self.ttft_deadline_s = np.concatenate(
             [np.full(self.running, np.inf), queued.arrival_s + queued.ttft_slo_s]
         )
         self.tbt_slo_s = np.concatenate([running.tbt_slo_s, queued.tbt_slo_s])
         self.e2e_deadline_s = np.concatenate([running.e2e_deadline_s, queued.e2e_deadline_s])
-        self.tightest_tbt_s = self._tightest_tbt()
         self._ttft_tolerant = self.ttft_deadline_s + TOLERANCE_S
         self._e2e_tolerant = self.e2e_deadline_s + TOLERANCE_S
         last = p.horizon - 1
@@ -119,35 +132,11 @@ class _Timeline:
         )
         self._runs: tuple[IterationTimes, _Runs] | None = None
 
-    def _tightest_tbt(self) -> np.ndarray:
-        """Per iteration, the smallest TBT SLO among the requests it serves."""
-        horizon = self.projection.horizon
-        lo = np.minimum(self.tbt_from, horizon)
-        hi = np.minimum(self.projection.end, horizon)
-        slo_s = self.tbt_slo_s
-        if not len(slo_s) or slo_s.min() == slo_s.max():  # one SLO for all: the usual case
-            # The batch, less the queued requests whose prefill this iteration is.
-            queued_start = np.minimum(self.projection.start[self.running :], horizon)
-            starting = np.bincount(queued_start, minlength=horizon + 1)[:horizon]
-            serving = self.projection.batch - starting
-            return np.where(serving > 0, slo_s[0] if len(slo_s) else np.inf, np.inf)
-        tightest = np.full(horizon, np.inf)
-        for slo in np.unique(slo_s):
-            mine = slo_s == slo
-            delta = np.bincount(lo[mine], minlength=horizon + 1) - np.bincount(
-                hi[mine], minlength=horizon + 1
-            )
-            covered = np.cumsum(delta[:horizon]) > 0
-            tightest[covered] = np.minimum(tightest[covered], slo)
-        return tightest
-
     def _runs_for(self, model: IterationTimes) -> _Runs:
         if self._runs is None or self._runs[0] is not model:
             p = self.projection
             prepared = model.prepare(p.batch, p.kv_blocks, p.prefill_tokens)
-            runs = _Runs(
-                prepared, p.horizon, self.tightest_tbt_s, self._start_inside, self._end_inside
-            )
+            runs = _Runs(prepared, p.horizon, self._start_inside, self._end_inside)
             self._runs = (model, runs)
         return self._runs[1]
 
@@ -172,8 +161,6 @@ class _Timeline:
             return False
         runs = self._runs_for(model)
         seconds = runs.seconds(clock_index)
-        if (seconds > runs.tightest_tbt_s).any():
-            return False
         run_done_s = self.board.now_s + np.cumsum(seconds * runs.lengths)
         last = seconds[-1]
         queued = slice(self.running, None)  # running requests have had their first token
@@ -184,44 +171,29 @@ class _Timeline:
             return False
         last_s = (run_done_s[runs.last_run] - runs.last_back * seconds[runs.last_run]
                   + self._end_beyond * last)  # fmt: skip
-        return not (last_s > self._e2e_tolerant).any()
+        if (last_s > self._e2e_tolerant).any():
+            return False
+        return not (self._tbt_miss_s(first_s, last_s) > TOLERANCE_S).any()
+
+    def _tbt_miss_s(self, queued_first_s: np.ndarray, last_s: np.ndarray) -> np.ndarray:
+        """Mean gap over the tokens still to come, less the TBT SLO (-inf: no gap left)."""
+        opened_s = np.concatenate([np.full(self.running, self.board.now_s), queued_first_s])
+        mean_gap_s = (last_s - opened_s) / self._gaps_or_one
+        return np.where(self._has_gaps, mean_gap_s - self.tbt_slo_s, -np.inf)
 
     def check(self, model: IterationTimes, clock_index: int) -> CheckResult:
         seconds, done_s = self.times(model, clock_index)
         p = self.projection
         first_s = self.token_times(seconds, done_s, p.start)
         last_s = self.token_times(seconds, done_s, p.end - 1)
-        longest_s = _range_max(
-            seconds, np.minimum(self.tbt_from, p.horizon), np.minimum(p.end, p.horizon)
-        )
         return CheckResult(
             clock_index=clock_index,
             kv_overflow_blocks=self.kv_overflow_blocks,
             kv_overflow_iteration=self.kv_overflow_iteration,
             ttft_miss_s=first_s - self.ttft_deadline_s,
-            tbt_miss_s=np.where(longest_s > 0, longest_s - self.tbt_slo_s, -np.inf),
+            tbt_miss_s=self._tbt_miss_s(first_s[self.running :], last_s),
             e2e_miss_s=last_s - self.e2e_deadline_s,
         )
-
-
-def _range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """max(values[lo:hi]) per pair (0 for an empty range), via a sparse table."""
-    levels = [values]
-    while (1 << len(levels)) <= len(values):
-        previous, width = levels[-1], 1 << (len(levels) - 1)
-        levels.append(np.maximum(previous[:-width], previous[width:]))
-    length = hi - lo
-    result = np.zeros(len(lo))
-    valid = length > 0
-    k = np.floor(np.log2(np.maximum(length[valid], 1))).astype(np.int64)
-    lo_v, hi_v = lo[valid], hi[valid]
-    out = np.empty(int(valid.sum()))
-    for level in np.unique(k):
-        at = k == level
-        table = levels[level]
-        out[at] = np.maximum(table[lo_v[at]], table[hi_v[at] - (1 << level)])
-    result[valid] = out
-    return result
 
 
 def check(
@@ -230,22 +202,81 @@ def check(
     return _Timeline(board, horizon).check(model, clock_index)
 
 
+def renegotiated(board: Board, at_top: CheckResult) -> Board:
+    """The board with every promise `at_top` (a check at the highest clock) says is lost
+    moved to what that clock achieves, plus LOST_PROMISE_SLACK of its budget."""
+    rows = len(board.running)
+
+    def relaxed(part: Requests, span: slice) -> Requests:
+        ttft_miss, tbt_miss, e2e_miss = (
+            np.maximum(miss[span], 0.0) for miss in (at_top.ttft_miss_s, at_top.tbt_miss_s,
+                                                     at_top.e2e_miss_s)
+        )  # fmt: skip
+        e2e_budget_s = part.e2e_deadline_s - part.arrival_s
+        return replace(
+            part,
+            ttft_slo_s=_moved(part.ttft_slo_s, ttft_miss, part.ttft_slo_s),
+            tbt_slo_s=_moved(part.tbt_slo_s, tbt_miss, part.tbt_slo_s),
+            e2e_deadline_s=_moved(part.e2e_deadline_s, e2e_miss, e2e_budget_s),
+        )
+
+    return replace(
+        board,
+        running=relaxed(board.running, slice(0, rows)),
+        queued=relaxed(board.queued, slice(rows, None)),
+    )
+
+
+def _moved(limit: np.ndarray, miss: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    lost = miss > TOLERANCE_S
+    return np.where(lost, limit + miss + LOST_PROMISE_SLACK * budget, limit)
+
+
+def with_margin(board: Board, margin: float) -> Board:
+    """The board with every promise tightened to (1 - margin) of its budget.
+
+    The clock is planned on this board and admission on the real one: a clock that
+    keeps every promise with exactly nothing to spare leaves no room for the next
+    arrival even at the highest clock, and it would wait for its first token."""
+    if margin <= 0:
+        return board
+    keep = 1.0 - margin
+
+    def tightened(part: Requests) -> Requests:
+        return replace(
+            part,
+            ttft_slo_s=part.ttft_slo_s * keep,
+            tbt_slo_s=part.tbt_slo_s * keep,
+            e2e_deadline_s=part.arrival_s + (part.e2e_deadline_s - part.arrival_s) * keep,
+        )
+
+    return replace(board, running=tightened(board.running), queued=tightened(board.queued))
+
+
 @dataclass(frozen=True)
 class FrequencyDecision:
     clock_index: int
     clock_mhz: int
-    lost: bool  # someone misses even at the highest clock, so the highest it is
+    lost: bool  # someone misses even at the highest clock: their promises were renegotiated
 
 
 def lowest_frequency(
     board: Board, model: IterationTimes, horizon: int = DEFAULT_HORIZON
 ) -> FrequencyDecision:
     """Binary search over the clocks for the lowest at which the board is feasible
-    (feasibility is monotone in the clock: a faster clock never makes an iteration slower)."""
+    (feasibility is monotone in the clock: a faster clock never makes an iteration slower),
+    after renegotiating the promises lost even at the highest clock. A KV overflow cannot
+    be renegotiated: it gets the highest clock."""
     timeline = _Timeline(board, horizon)
     top = len(model.clocks_mhz) - 1
-    if not timeline.feasible(model, top):
-        return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
+    lost = not timeline.feasible(model, top)
+    if lost:
+        at_top = timeline.check(model, top)
+        if at_top.kv_overflow_blocks:
+            return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
+        timeline = _Timeline(renegotiated(board, at_top), horizon)
+        if not timeline.feasible(model, top):  # only rounding could get here
+            return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
     low, high = 0, top  # high is feasible
     while low < high:
         middle = (low + high) // 2
@@ -253,7 +284,7 @@ def lowest_frequency(
             high = middle
         else:
             low = middle + 1
-    return FrequencyDecision(high, int(model.clocks_mhz[high]), lost=False)
+    return FrequencyDecision(high, int(model.clocks_mhz[high]), lost=lost)
 
 
 @dataclass(frozen=True)
@@ -267,7 +298,8 @@ def admit(
     board: Board, request: Requests, model: IterationTimes, horizon: int = DEFAULT_HORIZON
 ) -> AdmitDecision:
     """Admit `request` (one queued row) if, at the highest clock, it keeps its own promises
-    and nobody already admitted misses anything it was not already missing."""
+    and everyone already admitted keeps theirs: exactly for a promise still keepable, and
+    within its renegotiated bound for one already lost."""
     top = len(model.clocks_mhz) - 1
     candidate = _Timeline(board.with_queued(request), horizon)
     if candidate.feasible(model, top):  # the common case: nobody misses, so nobody is hurt
@@ -281,8 +313,9 @@ def admit(
     before = _Timeline(board, horizon).check(model, top)
     if after.kv_overflow_blocks > before.kv_overflow_blocks:
         return AdmitDecision(False, "the KV cache would overflow", after)
-    allowed = np.maximum(before.worst_miss_s, 0.0) + TOLERANCE_S
-    hurt = np.nonzero(worst[:-1] > allowed)[0]
+    bounded = renegotiated(board, before)
+    with_bounds = _Timeline(bounded.with_queued(request), horizon).check(model, top)
+    hurt = np.nonzero(with_bounds.worst_miss_s[:-1] > TOLERANCE_S)[0]
     if len(hurt):
         return AdmitDecision(False, f"{len(hurt)} admitted request(s) would miss", after)
     return AdmitDecision(True, "every promise holds", after)

@@ -5,6 +5,8 @@ lowest clock at which every promise holds. Anything it cannot trust fails safe, 
 highest clock: an unreadable (or degraded, i.e. possibly stale) scoreboard, no
 performance model, or entries without a predicted length (the gateway has no length
 model, so nothing bounds their output). An empty board needs no speed: the lowest clock.
+A promise lost even at the highest clock is renegotiated by the planner (planner.py),
+not obeyed: the clock is planned for everything else.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.state import RequestEntry, StateStore, StateStoreError
-from governor.planner import DEFAULT_HORIZON, FrequencyDecision, IterationTimes, lowest_frequency
+from governor.planner import (
+    DEFAULT_HORIZON,
+    FrequencyDecision,
+    IterationTimes,
+    lowest_frequency,
+    with_margin,
+)
 from predictor.board import Board
 
 log = logging.getLogger(__name__)
@@ -53,12 +61,15 @@ class PlannerPolicy:
         model: IterationTimes | None,
         clock_mapping: ClockMapping = at_or_above,
         horizon: int = DEFAULT_HORIZON,
+        margin: float = 0.0,
     ) -> None:
+        """`margin`: the share of every budget the planned clock keeps to spare."""
         self._read_entries = read_entries
         self._board_of = board_of
         self._model = model
         self._clock_mapping = clock_mapping
         self._horizon = horizon
+        self._margin = margin
         self.last_reason = ""
         self.last_decision: FrequencyDecision | None = None
 
@@ -78,13 +89,11 @@ class PlannerPolicy:
             return self._because("empty board", lowest)
         if any(entry.predicted_tokens is None for entry in entries):
             return self._because("no length prediction", highest)
-        decision = lowest_frequency(self._board_of(entries, now_s), self._model, self._horizon)
+        board = with_margin(self._board_of(entries, now_s), self._margin)
+        decision = lowest_frequency(board, self._model, self._horizon)
         self.last_decision = decision
-        if decision.lost:
-            return self._because("a promise is lost even at the highest clock", highest)
-        return self._because(
-            "planned", self._clock_mapping(decision.clock_mhz, supported_clocks_mhz)
-        )
+        reason = "planned, lost promises renegotiated" if decision.lost else "planned"
+        return self._because(reason, self._clock_mapping(decision.clock_mhz, supported_clocks_mhz))
 
     def _because(self, reason: str, clock_mhz: int) -> int:
         self.last_reason = reason

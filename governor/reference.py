@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from governor.planner import CheckResult, IterationTimes
+from governor.planner import CheckResult, IterationTimes, renegotiated
 from predictor.board import Board, Requests
 from predictor.projection import project_reference
 
@@ -37,10 +37,12 @@ def check_reference(
             if queued
             else -np.inf
         )
-        longest = max(
-            (done_s[t][0] for t in range(start + int(queued), min(end, horizon))), default=0.0
-        )
-        tbt.append(longest - requests.tbt_slo_s[index] if longest > 0 else -np.inf)
+        # The mean gap over the tokens still to come: from now for a running request,
+        # from its first token for a queued one.
+        gaps = end - start - int(queued)
+        opened_s = first_s if queued else board.now_s
+        mean_gap_s = (last_s - opened_s) / gaps if gaps > 0 else None
+        tbt.append(mean_gap_s - requests.tbt_slo_s[index] if mean_gap_s is not None else -np.inf)
         e2e.append(last_s - requests.e2e_deadline_s[index])
     first_over = next(
         (
@@ -68,6 +70,11 @@ def _ends_at(done_s: list[tuple[float, float]], iteration: int) -> float:
 
 def lowest_frequency_reference(board: Board, model: IterationTimes, horizon: int) -> int:
     clocks = len(model.clocks_mhz)
+    at_top = check_reference(board, model, clocks - 1, horizon)
+    if at_top.kv_overflow_blocks:
+        return clocks - 1
+    if not at_top.feasible:
+        board = renegotiated(board, at_top)
     for index in range(clocks):  # every clock, lowest first
         if check_reference(board, model, index, horizon).feasible:
             return index
@@ -80,4 +87,5 @@ def admit_reference(board: Board, request: Requests, model: IterationTimes, hori
     after = check_reference(board.with_queued(request), model, top, horizon)
     if after.kv_overflow_blocks > before.kv_overflow_blocks or after.worst_miss_s[-1] > 1e-9:
         return False
-    return bool(np.all(after.worst_miss_s[:-1] <= np.maximum(before.worst_miss_s, 0) + 1e-9))
+    bounded = check_reference(renegotiated(board, before).with_queued(request), model, top, horizon)
+    return bool(np.all(bounded.worst_miss_s[:-1] <= 1e-9))

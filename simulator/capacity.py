@@ -1,16 +1,19 @@
-"""An engine size's capacity: requests per second at the highest clock, never running dry.
+"""An engine size's capacity under saturating load at the highest clock, and its E2E SLO.
 
-This is the figure instance scaling compares the request rate with (the paper profiles
-each engine size the same way). Every request of a length mix is queued at once and the
-engine is stepped in virtual time at its default (highest) clock; the rate counts the
-completions between the first and last tenth, where the queue still holds work, so the
-ramp-up and the final drain do not dilute it.
+Capacity is what instance scaling compares the request rate with, and what `replay
+--rate peak` scales a trace to; the p99 end-to-end latency of the same run is the
+paper's E2E SLO. The run is a closed loop in virtual time at the default (highest)
+clock: requests from a length mix are fed so that the engine's own queue never runs dry
+(`QUEUED` always waiting) but never grows either, so the latencies are those of a full
+engine, not of a backlog. Only completions between the first and last tenth count: the
+ramp-up and the final drain would dilute both figures.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +25,70 @@ from simulator.profile import EngineProfile
 from simulator.traces import Trace
 
 DEFAULT_REQUESTS = 2000
+QUEUED = 2
+
+
+@dataclass(frozen=True)
+class Saturation:
+    capacity_rps: float
+    e2e_p99_s: float
+    requests: int
+
+
+def saturate(
+    profile: EngineProfile,
+    prompt_tokens: Sequence[int],
+    output_tokens: Sequence[int],
+    seed: int = 0,
+) -> Saturation:
+    if len(prompt_tokens) != len(output_tokens) or len(prompt_tokens) < 20:
+        raise ValueError(
+            "capacity needs at least 20 requests, with a prompt and output length each"
+        )
+    engine = Engine(profile, seed=seed)
+    window = profile.model.context_window_tokens
+    mix = [fit_to_window(int(p), int(o), window)[:2]
+           for p, o in zip(prompt_tokens, output_tokens, strict=True)]  # fmt: skip
+    submitted_s: dict[str, float] = {}
+    finished: list[tuple[float, float]] = []  # (finished at, e2e)
+    now_s = 0.0
+
+    def top_up() -> None:
+        while engine.waiting < QUEUED and len(submitted_s) < len(mix):
+            index = len(submitted_s)
+            prompt, output = mix[index]
+            engine.submit(EngineSequence(str(index), prompt, output, output))
+            submitted_s[str(index)] = now_s
+
+    top_up()
+    while engine.has_work:
+        result = engine.step(now_s)
+        now_s = result.ended_s
+        finished.extend((now_s, now_s - submitted_s[rid]) for rid in result.finished)
+        top_up()
+    first, last = len(finished) // 10, len(finished) * 9 // 10
+    steady = finished[first : last + 1]
+    return Saturation(
+        capacity_rps=(last - first) / (finished[last][0] - finished[first][0]),
+        e2e_p99_s=float(np.percentile([e2e for _, e2e in steady], 99)),
+        requests=len(mix),
+    )
+
+
+def prefill_s_per_token(
+    profile: EngineProfile, prompt_tokens: int = 1024, samples: int = 8
+) -> float:
+    """Seconds a prompt token adds to its iteration at the highest clock, measured as a
+    profiler would on a server: the first iteration of a lone request (its prefill and
+    first token) against its second (one token), averaged over a few seeds."""
+    extra_s = []
+    for seed in range(samples):
+        engine = Engine(profile, seed=seed)
+        engine.submit(EngineSequence("probe", prompt_tokens, 2, 2))
+        first = engine.step(0.0)
+        second = engine.step(first.ended_s)
+        extra_s.append(first.duration_s - second.duration_s)
+    return float(np.mean(extra_s)) / prompt_tokens
 
 
 def saturated_capacity_rps(
@@ -30,23 +97,7 @@ def saturated_capacity_rps(
     output_tokens: Sequence[int],
     seed: int = 0,
 ) -> float:
-    if len(prompt_tokens) != len(output_tokens) or len(prompt_tokens) < 20:
-        raise ValueError(
-            "capacity needs at least 20 requests, with a prompt and output length each"
-        )
-    engine = Engine(profile, seed=seed)
-    window = profile.model.context_window_tokens
-    for index, (prompt, output) in enumerate(zip(prompt_tokens, output_tokens, strict=True)):
-        prompt, output, _ = fit_to_window(int(prompt), int(output), window)
-        engine.submit(EngineSequence(str(index), prompt, output, output))
-    finished_at_s: list[float] = []
-    now_s = 0.0
-    while engine.has_work:
-        result = engine.step(now_s)
-        now_s = result.ended_s
-        finished_at_s.extend([now_s] * len(result.finished))
-    first, last = len(finished_at_s) // 10, len(finished_at_s) * 9 // 10
-    return (last - first) / (finished_at_s[last] - finished_at_s[first])
+    return saturate(profile, prompt_tokens, output_tokens, seed).capacity_rps
 
 
 def length_mix(

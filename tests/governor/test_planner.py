@@ -6,7 +6,14 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from governor.planner import PreparedTimes, admit, check, lowest_frequency
+from governor.planner import (
+    PreparedTimes,
+    admit,
+    check,
+    lowest_frequency,
+    renegotiated,
+    with_margin,
+)
 from predictor.board import Board, Requests
 from predictor.projection import project, project_reference
 
@@ -81,29 +88,51 @@ def test_the_projection_matches_the_per_iteration_reference_exactly(board: Board
 @FAST
 @given(boards())
 def test_the_lowest_frequency_is_feasible_and_the_next_lower_is_not(board: Board):
+    """Feasible for the promises that can be kept, and for lost ones as renegotiated."""
+    top = len(CLOCKS_MHZ) - 1
     decision = lowest_frequency(board, MODEL)
-    if decision.lost:
-        assert decision.clock_index == len(CLOCKS_MHZ) - 1
-        assert not check(board, MODEL, decision.clock_index).feasible
+    at_top = check(board, MODEL, top)
+    assert decision.lost == (not at_top.feasible)
+    if at_top.kv_overflow_blocks:
+        assert decision.clock_index == top
         return
-    assert check(board, MODEL, decision.clock_index).feasible
+    judged = renegotiated(board, at_top) if decision.lost else board
+    assert check(judged, MODEL, decision.clock_index).feasible
     if decision.clock_index > 0:
-        assert not check(board, MODEL, decision.clock_index - 1).feasible
+        assert not check(judged, MODEL, decision.clock_index - 1).feasible
 
 
 @FAST
 @given(boards(), requests(1, False))
-def test_admitting_never_makes_an_admitted_request_miss_at_the_highest_clock(
+def test_admitting_never_breaks_an_admitted_promise_at_the_highest_clock(
     board: Board, new: Requests
 ):
+    """Kept promises stay kept; lost ones stay within their renegotiated bound."""
     top = len(CLOCKS_MHZ) - 1
     decision = admit(board, new, MODEL)
     if not decision.admit:
         return
-    before = check(board, MODEL, top).worst_miss_s
+    before = check(board, MODEL, top)
     after = check(board.with_queued(new), MODEL, top).worst_miss_s
-    assert np.all(after[:-1] <= np.maximum(before, 0) + 1e-9)
+    kept = before.worst_miss_s <= 1e-9
+    assert np.all(after[:-1][kept] <= 1e-9)
     assert after[-1] <= 1e-9
+    bounded = check(renegotiated(board, before).with_queued(new), MODEL, top)
+    assert np.all(bounded.worst_miss_s[:-1] <= 1e-9)
+
+
+def test_a_lost_request_does_not_hold_back_one_that_fits():
+    """A long answer that misses its deadline even alone at the highest clock: a short
+    request may still join, as long as the long one slips no more than its slack."""
+    board = simple_board()
+    doomed = Requests.of(**{**board.running.__dict__, "e2e_deadline_s": [40.0, 40.0, 40.0, 10.2]})
+    short = Requests.of(
+        arrival_s=[10.0], prompt_tokens=[50], generated_tokens=[0], remaining_tokens=[5],
+        ttft_slo_s=[1.0], tbt_slo_s=[0.2], e2e_deadline_s=[40.0],
+    )  # fmt: skip
+    lost_board = simple_board(running=doomed)
+    assert not check(lost_board, MODEL, len(CLOCKS_MHZ) - 1).feasible
+    assert admit(lost_board, short, MODEL).admit
 
 
 def simple_board(**overrides) -> Board:
@@ -122,13 +151,27 @@ def simple_board(**overrides) -> Board:
     return Board(**{**fields, **overrides})
 
 
-def test_loose_slos_allow_a_low_clock_and_tight_ones_force_the_highest():
+def test_loose_slos_allow_a_low_clock_and_lost_ones_are_renegotiated():
     loose = lowest_frequency(simple_board(), MODEL)
     assert loose.clock_mhz < 1410 and not loose.lost
     tight = simple_board(
         running=Requests.of(**{**simple_board().running.__dict__, "tbt_slo_s": [0.01] * 4})
     )
+    top = len(CLOCKS_MHZ) - 1
+    at_top = check(tight, MODEL, top)
+    assert not at_top.feasible
     decision = lowest_frequency(tight, MODEL)
+    assert decision.lost
+    # Each iteration may take what the highest clock takes, plus a tenth of the 10 ms SLO.
+    bound = renegotiated(tight, at_top)
+    assert np.allclose(bound.running.tbt_slo_s, 0.01 + at_top.tbt_miss_s + 0.001)
+    assert check(bound, MODEL, decision.clock_index).feasible
+    assert not check(bound, MODEL, decision.clock_index - 1).feasible
+    assert loose.clock_mhz <= decision.clock_mhz <= 1410
+
+
+def test_a_kv_overflow_still_takes_the_highest_clock():
+    decision = lowest_frequency(simple_board(kv_capacity_blocks=5), MODEL)
     assert decision.lost and decision.clock_mhz == 1410
 
 
@@ -172,3 +215,13 @@ def test_check_agrees_with_the_plain_reference(board: Board, clock_index: int):
     for name in ("ttft_miss_s", "tbt_miss_s", "e2e_miss_s"):
         np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-9)
     assert fast.feasible == slow.feasible == timeline.feasible(MODEL, clock_index)
+
+
+def test_a_margin_tightens_every_budget_and_plans_a_clock_at_least_as_high():
+    board = simple_board()
+    assert with_margin(board, 0.0) is board
+    tight = with_margin(board, 0.25)
+    assert np.allclose(tight.running.tbt_slo_s, board.running.tbt_slo_s * 0.75)
+    budget = board.running.e2e_deadline_s - board.running.arrival_s
+    assert np.allclose(tight.running.e2e_deadline_s - tight.running.arrival_s, budget * 0.75)
+    assert lowest_frequency(tight, MODEL).clock_mhz >= lowest_frequency(board, MODEL).clock_mhz

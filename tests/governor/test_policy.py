@@ -107,15 +107,16 @@ async def test_without_a_performance_model_or_a_length_prediction_the_highest_cl
     assert no_length.last_reason == "no length prediction"
 
 
-async def test_a_promise_lost_even_at_the_top_runs_at_the_highest_clock(model):
+async def test_a_promise_lost_even_at_the_top_is_renegotiated_and_does_not_pin_the_clock(model):
     now_s = time.time()
     late = RequestEntry(
         "late", now_s - 10, prompt_tokens=100, max_tokens=500, predicted_tokens=500,
         ttft_slo_s=1.0, tbt_slo_s=0.2,
     )  # fmt: skip
     policy = policy_on(await store_with([late]), model)
-    assert await policy.target_clock_mhz(SUPPORTED_MHZ, now_s) == 1410
+    assert await policy.target_clock_mhz(SUPPORTED_MHZ, now_s) < 1410
     assert policy.last_decision is not None and policy.last_decision.lost
+    assert policy.last_reason == "planned, lost promises renegotiated"
 
 
 def test_a_model_clock_maps_to_the_nearest_supported_clock_at_or_above_it():

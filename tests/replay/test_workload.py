@@ -1,0 +1,75 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulator.traces import Trace, TraceError
+from throttllem.replay.workload import (
+    build_workload,
+    busiest_window_rps,
+    predicted_lengths,
+    read_trace,
+    time_scale,
+)
+
+
+def trace(arrival_s: list[float], prompts: list[int] | None = None,
+          outputs: list[int] | None = None) -> Trace:  # fmt: skip
+    count = len(arrival_s)
+    return Trace(np.array(arrival_s), np.array(prompts or [100] * count),
+                 np.array(outputs or [50] * count))  # fmt: skip
+
+
+def test_the_busiest_minute_is_found():
+    arrival_s = np.concatenate([np.arange(0, 600, 10.0), np.linspace(700, 730, 90)])
+    assert busiest_window_rps(np.sort(arrival_s)) == pytest.approx(90 / 60 + 0 / 60, abs=1 / 60)
+
+
+def test_peak_scaling_brings_the_busiest_minute_to_capacity():
+    arrival_s = np.sort(np.random.default_rng(0).uniform(0, 3600, 5000))
+    scale = time_scale(arrival_s, "peak", capacity_rps=2.0)
+    assert busiest_window_rps(arrival_s * scale) == pytest.approx(2.0, rel=0.05)
+
+
+def test_a_number_sets_the_mean_rate():
+    arrival_s = np.arange(0, 1000, 0.5)  # 2 req/s
+    scale = time_scale(arrival_s, 5.0, capacity_rps=1.0)
+    scaled = arrival_s * scale
+    assert (len(scaled) - 1) / scaled[-1] == pytest.approx(5.0)
+
+
+def test_requests_over_the_window_lose_the_head_of_their_prompt_and_are_counted():
+    workload = build_workload(trace([0, 1, 2], [100, 4000, 3000], [50, 500, 2000]), 1.0,
+                              window_tokens=4096, lengths="oracle")  # fmt: skip
+    assert workload.truncated == 2
+    assert list(workload.prompt_tokens + workload.output_tokens) == [150, 4096, 4096]
+    assert list(workload.output_tokens) == [50, 500, 2000]
+
+
+def test_duration_keeps_the_first_seconds_of_the_scaled_trace():
+    workload = build_workload(trace([0, 10, 20, 30]), 0.5, 4096, "oracle", duration_s=10)
+    assert list(workload.arrival_s) == [0, 5, 10]
+
+
+def test_noisy_lengths_are_off_by_at_most_the_error_for_95_percent():
+    outputs = np.full(20000, 400)
+    predicted = predicted_lengths(outputs, "noisy:0.3", seed=1)
+    relative = np.abs(predicted / outputs - 1)
+    assert np.mean(relative <= 0.3) == pytest.approx(0.95, abs=0.02)
+    assert np.array_equal(predicted_lengths(outputs, "oracle"), outputs)
+    with pytest.raises(ValueError, match="unknown lengths"):
+        predicted_lengths(outputs, "guess")
+
+
+def test_mooncake_rows_are_read_in_milliseconds(tmp_path: Path):
+    path = tmp_path / "trace.jsonl"
+    rows = [{"timestamp": 2500, "input_length": 10, "output_length": 3},
+            {"timestamp": 500, "input_length": 20, "output_length": 4}]  # fmt: skip
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    read = read_trace(path, "mooncake")
+    assert list(read.arrival_s) == [0.0, 2.0]
+    assert list(read.prompt_tokens) == [20, 10]
+    path.write_text('{"timestamp": 1}\n')
+    with pytest.raises(TraceError, match=r"trace\.jsonl:1"):
+        read_trace(path, "jsonl")

@@ -1,0 +1,136 @@
+"""A trace made into the requests every policy replays: same arrivals, same lengths.
+
+Rates. `peak` scales time so that the trace's busiest 60-second window arrives at the
+engine's capacity: the average load stays below it and the bursts reach it (the paper's
+setting). A number scales time so that the mean rate is that many requests per second.
+
+Lengths. The engine always generates the trace's output length (as a replay with
+`ignore_eos` and `max_tokens` = that length does). What the gateway believes is separate:
+`oracle` is the truth, `noisy:<e>` the truth times log-normal noise whose relative error
+is within `e` for 95 % of requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simulator.bench import fit_to_window
+from simulator.traces import Trace, TraceError, read_azure_trace
+
+PEAK_WINDOW_S = 60.0
+TRACE_FORMATS = ("azure", "mooncake", "jsonl")
+
+
+@dataclass(frozen=True)
+class Workload:
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray  # after truncation to the context window
+    output_tokens: np.ndarray  # what the engine generates
+    predicted_tokens: np.ndarray  # what the gateway's length predictor says
+    truncated: int
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+def read_trace(path: Path, trace_format: str) -> Trace:
+    if trace_format == "azure":
+        return read_azure_trace(path)
+    if trace_format in ("mooncake", "jsonl"):
+        return _read_jsonl(path)
+    raise TraceError(f"unknown trace format {trace_format!r}; use one of {TRACE_FORMATS}")
+
+
+def _read_jsonl(path: Path) -> Trace:
+    """Rows `{"timestamp": ms, "input_length": n, "output_length": n}` (Mooncake's)."""
+    if not path.is_file():
+        raise TraceError(f"no trace at {path}")
+    stamps, prompts, outputs = [], [], []
+    with path.open() as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                stamps.append(float(row["timestamp"]) / 1000)
+                prompts.append(int(row["input_length"]))
+                outputs.append(int(row["output_length"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise TraceError(f"{path}:{line_number}: {error!r}") from error
+    arrival = np.array(stamps)
+    order = np.argsort(arrival, kind="stable")
+    arrival = arrival[order] - arrival[order][0] if len(arrival) else arrival
+    return Trace(arrival, np.array(prompts)[order], np.array(outputs)[order])
+
+
+def busiest_window_rps(arrival_s: np.ndarray, window_s: float = PEAK_WINDOW_S) -> float:
+    """Requests per second in the busiest `window_s` of arrivals."""
+    if len(arrival_s) == 0:
+        return 0.0
+    ends = np.searchsorted(arrival_s, arrival_s + window_s, side="left")
+    return float(np.max(ends - np.arange(len(arrival_s)))) / window_s
+
+
+def time_scale(arrival_s: np.ndarray, rate: str | float, capacity_rps: float) -> float:
+    """The factor arrival times are multiplied by for `rate` (`peak` or requests/s)."""
+    if rate == "peak":
+        return busiest_window_rps(arrival_s) / capacity_rps
+    mean_rps = (len(arrival_s) - 1) / max(float(arrival_s[-1]), 1e-9)
+    return mean_rps / float(rate)
+
+
+def build_workload(
+    trace: Trace,
+    scale: float,
+    window_tokens: int,
+    lengths: str,
+    duration_s: float | None = None,
+    seed: int = 0,
+) -> Workload:
+    arrival_s = trace.arrival_s * scale
+    keep = arrival_s <= duration_s if duration_s is not None else np.ones(len(arrival_s), bool)
+    fitted = [fit_to_window(int(p), int(o), window_tokens)
+              for p, o in zip(trace.prompt_tokens[keep], trace.output_tokens[keep], strict=True)]  # fmt: skip
+    prompts = np.array([p for p, _, _ in fitted], dtype=np.int64)
+    outputs = np.array([o for _, o, _ in fitted], dtype=np.int64)
+    return Workload(
+        arrival_s=arrival_s[keep],
+        prompt_tokens=prompts,
+        output_tokens=outputs,
+        predicted_tokens=predicted_lengths(outputs, lengths, seed),
+        truncated=sum(cut for _, _, cut in fitted),
+    )
+
+
+def predicted_lengths(outputs: np.ndarray, lengths: str, seed: int = 0) -> np.ndarray:
+    if lengths == "oracle":
+        return outputs.copy()
+    if lengths.startswith("noisy:"):
+        p95_error = float(lengths.removeprefix("noisy:"))
+        if not p95_error > 0:
+            raise ValueError(f"noisy lengths need a positive p95 relative error, got {lengths!r}")
+        sigma = _sigma_for_p95(p95_error)
+        noise = np.exp(np.random.default_rng(seed).normal(0.0, sigma, len(outputs)))
+        return np.maximum(1, np.rint(outputs * noise)).astype(np.int64)
+    raise ValueError(f"unknown lengths {lengths!r}: use oracle, noisy:<p95 relative error>, model")
+
+
+def _sigma_for_p95(error: float) -> float:
+    """The log-normal sigma at which |prediction / truth - 1| <= `error` for 95 % of
+    requests (the band is lopsided in log space: log(1 + e) above, log(1 - e) below)."""
+
+    def covered(sigma: float) -> float:
+        upper = math.log1p(error) / sigma
+        lower = math.log1p(-error) / sigma if error < 1 else -math.inf
+        return 0.5 * (math.erf(upper / math.sqrt(2)) - math.erf(lower / math.sqrt(2)))
+
+    low, high = 1e-6, 10.0
+    for _ in range(100):  # covered() falls as sigma grows
+        middle = (low + high) / 2
+        low, high = (middle, high) if covered(middle) > 0.95 else (low, middle)
+    return (low + high) / 2
