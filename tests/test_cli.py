@@ -1,9 +1,8 @@
 import pytest
 
-from throttllem.cli import NOT_IMPLEMENTED_EXIT_CODE, build_parser, main
+from throttllem.cli import build_parser, main
 
 SUBCOMMANDS = ["run", "serve", "govern", "twin", "replay", "profile", "train", "bench"]
-PLANNED = ["replay"]
 
 
 def test_every_subcommand_is_listed_in_the_top_level_help(capsys: pytest.CaptureFixture[str]):
@@ -21,12 +20,6 @@ def test_every_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str]
         main([name, "--help"])
     assert exit_info.value.code == 0
     assert f"throttllem {name}" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", PLANNED)
-def test_planned_subcommands_say_so_and_exit_2(name: str, capsys: pytest.CaptureFixture[str]):
-    assert main([name]) == NOT_IMPLEMENTED_EXIT_CODE
-    assert "not implemented yet" in capsys.readouterr().err
 
 
 def test_run_takes_consecutive_twin_ports_by_default():

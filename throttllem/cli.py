@@ -14,16 +14,7 @@ from throttllem.cli_predictors import (
     add_profile_command,
     add_train_command,
 )
-
-NOT_IMPLEMENTED_EXIT_CODE = 2
-
-# Subcommands whose issue has not landed yet: they say so and exit 2.
-_PLANNED = {
-    "replay": (
-        "replay a trace against every policy and report energy and SLOs",
-        "issue 8 (replay and report)",
-    ),
-}
+from throttllem.cli_replay import add_replay_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,12 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "variables (see docs/configuration.md).",
     )
     govern.set_defaults(handler=_govern)
-
-    for name, (summary, issue) in _PLANNED.items():
-        planned = commands.add_parser(
-            name, help=summary, description=f"{summary}. Not implemented yet: {issue}."
-        )
-        planned.set_defaults(handler=_not_implemented(name, issue))
+    add_replay_command(commands)
     return parser
 
 
@@ -337,11 +323,3 @@ def _govern(args: argparse.Namespace) -> int:
     from governor.govern import govern
 
     return govern(log_level=args.log_level)
-
-
-def _not_implemented(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        print(f"throttllem {name}: not implemented yet ({issue}).", file=sys.stderr)
-        return NOT_IMPLEMENTED_EXIT_CODE
-
-    return handler

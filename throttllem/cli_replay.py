@@ -1,0 +1,94 @@
+"""`throttllem replay`: its flags, and the table it prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+# Parts of the replay issue still to come; asking for them fails clearly, it does not
+# quietly run something else.
+_NOT_YET = {
+    "throttllem+scale": "the policy with instance scaling",
+    "model": "--lengths model (AlpacaEval prompts through the length model)",
+}
+
+
+def add_replay_command(commands: Subparsers) -> None:
+    from throttllem.replay.report import DEFAULT_POLICIES
+    from throttllem.replay.workload import TRACE_FORMATS
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay a trace against every policy and report energy and SLOs",
+        description="Replay a trace on the twin in virtual time under each policy, on "
+        "identical work: the engine's capacity and E2E SLO are measured first, under "
+        "saturating load at the highest clock. Prints a Markdown table; --json writes the "
+        "full report. The energies are simulated.",
+    )
+    replay.add_argument(
+        "--trace",
+        type=Path,
+        default=Path("../shared/data/traces/AzureLLMInferenceTrace_conv.csv"),
+        help="the trace (default: the Azure conversation trace)",
+    )
+    replay.add_argument("--format", choices=TRACE_FORMATS, default="azure", dest="trace_format",
+                        help="azure CSV, or JSONL rows {timestamp ms, input_length, "
+                        "output_length} (mooncake, jsonl)")  # fmt: skip
+    replay.add_argument("--profile", default="a100-40gb/llama-2-13b/tp2", help="twin engine")
+    replay.add_argument("--rate", default="peak",
+                        help="peak (the busiest minute at capacity) or a mean req/s")  # fmt: skip
+    replay.add_argument("--duration-s", type=float, default=None,
+                        help="replay only the first seconds of the scaled trace")  # fmt: skip
+    replay.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+                        help="comma-separated: max, static:<MHz>, static-best, reactive, "
+                        "throttllem, oracle")  # fmt: skip
+    replay.add_argument("--lengths", default="noisy:0.3",
+                        help="what the gateway believes: oracle, or noisy:<p95 relative error> "
+                        "(default: noisy:0.3)")  # fmt: skip
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--json", type=Path, default=None, help="write the report here")
+    replay.add_argument("--live", default=None, metavar="URL",
+                        help="drive a running gateway instead (not available yet)")  # fmt: skip
+    replay.set_defaults(handler=_replay)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from simulator.profile import UnknownProfileError
+    from simulator.traces import TraceError
+    from throttllem.replay.report import ReplayOptions, markdown_table, replay, write_json
+
+    policies = [name.strip() for name in args.policies.split(",") if name.strip()]
+    missing = [_NOT_YET[p] for p in (*policies, args.lengths) if p in _NOT_YET]
+    if args.live:
+        missing.append("--live (driving a running gateway over HTTP)")
+    if missing:
+        print(f"throttllem replay: not available yet: {'; '.join(missing)}", file=sys.stderr)
+        return 2
+    rate: str | float = args.rate
+    if rate != "peak":
+        try:
+            rate = float(rate)
+        except ValueError:
+            print(f"throttllem replay: --rate is peak or a number, not {rate!r}", file=sys.stderr)
+            return 2
+    options = ReplayOptions(
+        trace=args.trace, trace_format=args.trace_format, profile=args.profile, rate=rate,
+        duration_s=args.duration_s, policies=policies, lengths=args.lengths, seed=args.seed,
+    )  # fmt: skip
+    try:
+        report = replay(options, progress=sys.stderr.isatty())
+    except (TraceError, UnknownProfileError, ValueError) as error:
+        print(f"throttllem replay: {error}", file=sys.stderr)
+        return 2
+    print(f"{report['engine']}, {report['trace']['file']}: {report['trace']['requests']} "
+          f"requests at {report['rate_rps']:.2f} req/s (capacity {report['capacity_rps']:.2f}); "
+          f"SLOs TTFT {report['slo']['ttft_ms']:.0f} ms, TBT {report['slo']['tbt_ms']:.0f} ms, "
+          f"E2E {report['slo']['e2e_ms'] / 1000:.1f} s; simulated energy")  # fmt: skip
+    print(markdown_table(report), end="")
+    if args.json is not None:
+        write_json(report, args.json)
+    return 0
