@@ -133,6 +133,7 @@ def _policy_report(run: Run, truncated: int) -> dict[str, Any]:
         "ttft_ms": _summary(run.ttft_s),
         "tbt_ms": _summary(run.tbt_s),
         "e2e_ms": _summary(run.e2e_s),
+        "queue_ms": _summary(run.queue_s),  # arrival to entering the engine
         "mean_freq_mhz": run.mean_freq_mhz,
         "requests": len(run.met),
         "truncated": truncated,

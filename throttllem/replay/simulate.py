@@ -55,6 +55,7 @@ class Run:
     series_t_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_clock_mhz: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_power_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    queue_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # waited at the gateway
 
 
 def simulate(
@@ -81,6 +82,7 @@ def simulate(
     first_s = np.full(n, math.nan)
     last_s = np.full(n, math.nan)
     finished_s = np.full(n, math.nan)
+    admitted_s = np.full(n, math.nan)  # when the request entered the engine
     active: dict[int, None] = {}  # admitted, unfinished, in admission order
     waiting: deque[int] = deque()  # at the gateway (gated policies)
     planner = None
@@ -114,6 +116,7 @@ def simulate(
         output = int(outputs[index])
         engine.submit(EngineSequence(str(index), int(prompts[index]), output, output))
         active[index] = None
+        admitted_s[index] = now_s
 
     def admit_waiting(now_s: float) -> None:
         assert planner is not None
@@ -183,8 +186,10 @@ def simulate(
             progress(next_arrival / n)
     for gpu in engine.gpus:
         gpu.idle_until(now_s)
-    return _run(policy, workload, slo, engine, first_s, last_s, finished_s, generated,
-                series, time.perf_counter() - started_wall_s)  # fmt: skip
+    run = _run(policy, workload, slo, engine, first_s, last_s, finished_s, generated,
+               series, time.perf_counter() - started_wall_s)  # fmt: skip
+    run.queue_s = admitted_s - arrival
+    return run
 
 
 def _run(
