@@ -4,7 +4,10 @@ Each decision reads the scoreboard, builds the board, and asks the planner for t
 lowest clock at which every promise holds. Anything it cannot trust fails safe, to the
 highest clock: an unreadable (or degraded, i.e. possibly stale) scoreboard, no
 performance model, or entries without a predicted length (the gateway has no length
-model, so nothing bounds their output). An empty board needs no speed: the lowest clock.
+model, so nothing bounds their output). An empty board waits at the highest clock: an idle
+GPU's power hardly depends on its clock, and the next arrival's prefill starts at once,
+before any clock switch could land; waiting at the lowest clock made that prefill the
+slowest of all (the replay showed it as most of the missed first tokens).
 A promise lost even at the highest clock is renegotiated by the planner (planner.py),
 not obeyed: the clock is planned for everything else.
 """
@@ -74,7 +77,7 @@ class PlannerPolicy:
         self.last_decision: FrequencyDecision | None = None
 
     async def target_clock_mhz(self, supported_clocks_mhz: Sequence[int], now_s: float) -> int:
-        highest, lowest = max(supported_clocks_mhz), min(supported_clocks_mhz)
+        highest = max(supported_clocks_mhz)
         self.last_decision = None
         if self._model is None:
             return self._because("no performance model", highest)
@@ -86,7 +89,7 @@ class PlannerPolicy:
         if entries is None:
             return self._because("scoreboard unreadable", highest)
         if not entries:
-            return self._because("empty board", lowest)
+            return self._because("empty board", highest)
         if any(entry.predicted_tokens is None for entry in entries):
             return self._because("no length prediction", highest)
         board = with_margin(self._board_of(entries, now_s), self._margin)

@@ -71,9 +71,9 @@ async def test_a_light_board_runs_below_the_highest_clock_and_a_tight_one_above_
     assert tight_mhz > light_mhz
 
 
-async def test_an_empty_board_takes_the_lowest_clock(model):
+async def test_an_empty_board_waits_at_the_highest_clock_for_the_next_prefill(model):
     policy = policy_on(MemoryStateStore(), model)
-    assert await policy.target_clock_mhz(SUPPORTED_MHZ, time.time()) == 210
+    assert await policy.target_clock_mhz(SUPPORTED_MHZ, time.time()) == 1410
     assert policy.last_reason == "empty board"
 
 

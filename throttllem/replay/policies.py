@@ -52,7 +52,7 @@ class Policy:
         self, clocks_mhz: Sequence[int], load: EngineLoad, board: Board | None, model: object
     ) -> int:
         """The clock for the next window. `board` is the planner's view (gated policies)."""
-        highest, lowest = max(clocks_mhz), min(clocks_mhz)
+        highest = max(clocks_mhz)
         if self.fixed_clock_mhz is not None:
             return self.fixed_clock_mhz
         if self.reactive:
@@ -64,7 +64,7 @@ class Policy:
         if not self.gated:
             return highest
         if board is None or board.size == 0:
-            return lowest
+            return highest  # ready for the next arrival's prefill (governor/policy.py)
         decision = lowest_frequency(with_margin(board, self.margin), model)  # type: ignore[arg-type]
         return highest if decision.lost else at_or_above(decision.clock_mhz, clocks_mhz)
 
