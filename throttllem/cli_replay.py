@@ -13,7 +13,6 @@ Subparsers = Any  # argparse's _SubParsersAction is private
 # quietly run something else.
 _NOT_YET = {
     "throttllem+scale": "the policy with instance scaling",
-    "model": "--lengths model (AlpacaEval prompts through the length model)",
 }
 
 
@@ -47,8 +46,11 @@ def add_replay_command(commands: Subparsers) -> None:
                         help="comma-separated: max, static:<MHz>, static-best, reactive, "
                         "throttllem, oracle")  # fmt: skip
     replay.add_argument("--lengths", default="noisy:0.3",
-                        help="what the gateway believes: oracle, or noisy:<p95 relative error> "
-                        "(default: noisy:0.3)")  # fmt: skip
+                        help="what the gateway believes: oracle, noisy:<p95 relative error>, or "
+                        "model (AlpacaEval prompts through the shipped length model; default: "
+                        "noisy:0.3)")  # fmt: skip
+    replay.add_argument("--alpaca-eval", type=Path, default=Path("../shared/data/alpaca_eval"),
+                        help="folder of AlpacaEval <model>.json files, for --lengths model")  # fmt: skip
     replay.add_argument("--seed", type=int, default=0)
     replay.add_argument("--json", type=Path, default=None, help="write the report here")
     replay.add_argument("--live", default=None, metavar="URL",
@@ -78,6 +80,7 @@ def _replay(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         trace=args.trace, trace_format=args.trace_format, profile=args.profile, rate=rate,
         duration_s=args.duration_s, policies=policies, lengths=args.lengths, seed=args.seed,
+        alpaca_eval_dir=args.alpaca_eval,
     )  # fmt: skip
     try:
         report = replay(options, progress=sys.stderr.isatty())

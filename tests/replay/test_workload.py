@@ -73,3 +73,30 @@ def test_mooncake_rows_are_read_in_milliseconds(tmp_path: Path):
     path.write_text('{"timestamp": 1}\n')
     with pytest.raises(TraceError, match=r"trace\.jsonl:1"):
         read_trace(path, "jsonl")
+
+
+def test_model_lengths_pair_prompts_pad_them_and_take_the_recorded_answer():
+    from predictor.length import LengthPredictor
+    from predictor.shipped import length_model_path
+    from predictor.tokenizer import PromptTokenizer
+    from tests.data import shared_data
+    from throttllem.replay.workload import read_prompt_set
+
+    served = "llama-2-13b-chat-hf"
+    prompts = read_prompt_set(shared_data(f"alpaca_eval/{served}.json"), PromptTokenizer.from_file(),
+                              LengthPredictor(length_model_path(served)), 4096)  # fmt: skip
+    assert len(prompts.output_tokens) == 805
+    assert np.all(prompts.predicted_tokens >= 1)
+    short_contexts = trace([0, 1, 2, 3], prompts=[1, 1, 1, 1], outputs=[7, 7, 7, 7])
+    workload = build_workload(short_contexts, 1.0, 4096, "model", prompts=prompts)
+    # The trace's outputs are replaced by recorded answers; tiny contexts take the prompt's own
+    # length; what the gateway believes comes from the model, not from the answer.
+    assert not np.array_equal(workload.output_tokens, [7, 7, 7, 7])
+    assert set(workload.output_tokens) <= set(prompts.output_tokens.tolist())
+    assert set(workload.prompt_tokens) <= set(prompts.prompt_tokens.tolist())
+    assert set(workload.predicted_tokens) <= set(prompts.predicted_tokens.tolist())
+    padded = build_workload(trace([0], prompts=[3000], outputs=[7]), 1.0, 4096, "model",
+                            prompts=prompts)  # fmt: skip
+    assert padded.prompt_tokens[0] + padded.output_tokens[0] <= 4096
+    with pytest.raises(ValueError, match="AlpacaEval"):
+        build_workload(short_contexts, 1.0, 4096, "model")

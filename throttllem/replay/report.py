@@ -19,13 +19,22 @@ from typing import Any
 import numpy as np
 
 from governor.iteration_times import TableIterationTimes
+from predictor.length import LengthPredictor
 from predictor.performance import PerformanceModel, PerformanceTable
-from predictor.shipped import performance_model_path
+from predictor.shipped import length_model_path, performance_model_path
+from predictor.tokenizer import PromptTokenizer
 from simulator.capacity import length_mix, prefill_s_per_token, saturate
 from simulator.profile import EngineProfile, load_profile
+from simulator.traces import Trace
 from throttllem.replay.policies import Policy, parse_policy
 from throttllem.replay.simulate import Run, Slo, simulate
-from throttllem.replay.workload import build_workload, read_trace, time_scale
+from throttllem.replay.workload import (
+    PromptSet,
+    build_workload,
+    read_prompt_set,
+    read_trace,
+    time_scale,
+)
 
 STATIC_BEST_TOLERANCE = 0.01  # one percentage point of SLO attainment
 TBT_SLO_S = 0.2  # the paper's: a 200 ms mean, about 250 words a minute of reading
@@ -45,15 +54,22 @@ class ReplayOptions:
     lengths: str = "noisy:0.3"
     seed: int = 0
     ttft_slo_s: float = DEFAULT_TTFT_SLO_S
+    alpaca_eval_dir: Path = Path("../shared/data/alpaca_eval")  # for --lengths model
 
 
 def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
     profile = load_profile(options.profile)
     trace = read_trace(options.trace, options.trace_format)
-    saturation = saturate(profile, *length_mix(trace, seed=options.seed), seed=options.seed)
+    window = profile.model.context_window_tokens
+    prompts = _prompt_set(options, profile) if options.lengths == "model" else None
+    # Capacity and the E2E SLO on the lengths the engine will really serve (with
+    # --lengths model, the recorded answers' rather than the trace's).
+    whole = build_workload(trace, 1.0, window, options.lengths, None, options.seed, prompts)
+    mix = Trace(whole.arrival_s, whole.prompt_tokens, whole.output_tokens)
+    saturation = saturate(profile, *length_mix(mix, seed=options.seed), seed=options.seed)
     scale = time_scale(trace.arrival_s, options.rate, saturation.capacity_rps)
-    workload = build_workload(trace, scale, profile.model.context_window_tokens, options.lengths,
-                              options.duration_s, options.seed)  # fmt: skip
+    workload = build_workload(trace, scale, window, options.lengths, options.duration_s,
+                              options.seed, prompts)  # fmt: skip
     slo = Slo(options.ttft_slo_s, TBT_SLO_S, saturation.e2e_p99_s)
     model = _planner_model(options.profile, profile)
     clocks = profile.gpu.supported_clocks_mhz()
@@ -92,13 +108,21 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
             "tbt_ms": slo.tbt_s * 1000,
             "e2e_ms": slo.e2e_s * 1000,
             "derivation": "E2E: p99 end-to-end latency at the highest clock under saturating "
-            "load on this trace's length mix (the paper's); TBT: a 200 ms mean time between "
+            "load on the replayed length mix (the paper's); TBT: a 200 ms mean time between "
             "tokens (the paper's); TTFT: the gateway's default",
         },
         "policies": {
             name: _policy_report(result, workload.truncated) for name, result in runs.items()
         },
     }
+
+
+def _prompt_set(options: ReplayOptions, profile: EngineProfile) -> PromptSet:
+    """The served model's recorded answers and its shipped length model."""
+    served = profile.model.recorded_responses
+    return read_prompt_set(options.alpaca_eval_dir / f"{served}.json", PromptTokenizer.from_file(),
+                           LengthPredictor(length_model_path(served)),
+                           profile.model.context_window_tokens)  # fmt: skip
 
 
 def _static_best(run: Callable[[Policy], Run], clocks: list[int], max_attainment: float) -> Run:

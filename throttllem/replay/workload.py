@@ -4,10 +4,13 @@ Rates. `peak` scales time so that the trace's busiest 60-second window arrives a
 engine's capacity: the average load stays below it and the bursts reach it (the paper's
 setting). A number scales time so that the mean rate is that many requests per second.
 
-Lengths. The engine always generates the trace's output length (as a replay with
+Lengths. The engine always generates the true output length (as a replay with
 `ignore_eos` and `max_tokens` = that length does). What the gateway believes is separate:
 `oracle` is the truth, `noisy:<e>` the truth times log-normal noise whose relative error
-is within `e` for 95 % of requests.
+is within `e` for 95 % of requests. `model` pairs each request with an AlpacaEval prompt
+(in turn, from a seeded shuffle): the trace's context length pads the prompt, the true
+output is the length of the response the served model really gave, and the gateway's
+length model predicts from the prompt alone, so it never sees the answer.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from predictor.length import LengthPredictor
+from predictor.tokenizer import PromptTokenizer
 from simulator.bench import fit_to_window
 from simulator.traces import Trace, TraceError, read_azure_trace
 
@@ -84,6 +89,16 @@ def time_scale(arrival_s: np.ndarray, rate: str | float, capacity_rps: float) ->
     return mean_rps / float(rate)
 
 
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts with the true length of each one's recorded answer, and what the length
+    model predicts for it (in tokens of the served model's tokenizer)."""
+
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    predicted_tokens: np.ndarray
+
+
 def build_workload(
     trace: Trace,
     scale: float,
@@ -91,19 +106,52 @@ def build_workload(
     lengths: str,
     duration_s: float | None = None,
     seed: int = 0,
+    prompts: PromptSet | None = None,
 ) -> Workload:
     arrival_s = trace.arrival_s * scale
     keep = arrival_s <= duration_s if duration_s is not None else np.ones(len(arrival_s), bool)
+    trace_prompts, outputs = trace.prompt_tokens[keep], trace.output_tokens[keep]
+    believed: np.ndarray | None = None
+    if lengths == "model":
+        if prompts is None:
+            raise ValueError("--lengths model needs the AlpacaEval prompts and the length model")
+        pick = np.random.default_rng(seed).permutation(len(prompts.output_tokens))
+        paired = pick[np.arange(len(trace_prompts)) % len(pick)]
+        trace_prompts = np.maximum(trace_prompts, prompts.prompt_tokens[paired])  # padded
+        outputs = prompts.output_tokens[paired]
+        believed = prompts.predicted_tokens[paired]
     fitted = [fit_to_window(int(p), int(o), window_tokens)
-              for p, o in zip(trace.prompt_tokens[keep], trace.output_tokens[keep], strict=True)]  # fmt: skip
-    prompts = np.array([p for p, _, _ in fitted], dtype=np.int64)
-    outputs = np.array([o for _, o, _ in fitted], dtype=np.int64)
+              for p, o in zip(trace_prompts, outputs, strict=True)]  # fmt: skip
+    fitted_prompts = np.array([p for p, _, _ in fitted], dtype=np.int64)
+    fitted_outputs = np.array([o for _, o, _ in fitted], dtype=np.int64)
+    if believed is None:
+        believed = predicted_lengths(fitted_outputs, lengths, seed)
     return Workload(
         arrival_s=arrival_s[keep],
-        prompt_tokens=prompts,
-        output_tokens=outputs,
-        predicted_tokens=predicted_lengths(outputs, lengths, seed),
+        prompt_tokens=fitted_prompts,
+        output_tokens=fitted_outputs,
+        predicted_tokens=np.asarray(believed, dtype=np.int64),
         truncated=sum(cut for _, _, cut in fitted),
+    )
+
+
+def read_prompt_set(responses: Path, tokenizer: PromptTokenizer, length_model: LengthPredictor,
+                    window_tokens: int) -> PromptSet:  # fmt: skip
+    """AlpacaEval's `<model>.json`: instructions and the answers that model gave."""
+    try:
+        rows = json.loads(responses.read_text())
+        instructions = [str(row["instruction"]) for row in rows]
+        answers = [str(row["output"]) for row in rows]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise TraceError(f"cannot read AlpacaEval responses at {responses}: {error!r}") from error
+    encoded = [tokenizer.encode(text) for text in instructions]
+    return PromptSet(
+        prompt_tokens=np.array([max(1, len(ids)) for ids in encoded], dtype=np.int64),
+        output_tokens=np.array([max(1, tokenizer.count(text)) for text in answers], dtype=np.int64),
+        predicted_tokens=np.array(
+            [length_model.predict(ids, window_tokens - len(ids)).point() for ids in encoded],
+            dtype=np.int64,
+        ),
     )
 
 
