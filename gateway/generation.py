@@ -30,12 +30,14 @@ class Generation:
         prompt_tokens: int,
         predicted_tokens: int | None,
         slo: RequestSlo,
+        length_quantiles: tuple[int, ...] | None = None,
     ) -> None:
         self._services = services
         self.request = request
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self.predicted_tokens = predicted_tokens
+        self.length_quantiles = length_quantiles
         self.slo = slo
         self.completion_tokens = 0
         self.admitted: Admitted | None = None
@@ -58,6 +60,7 @@ class Generation:
             prompt_tokens=self.prompt_tokens,
             max_tokens=self.request.max_tokens,
             predicted_tokens=self.predicted_tokens,
+            length_quantiles=self.length_quantiles,
             ttft_slo_s=self.slo.ttft_s,
             tbt_slo_s=self.slo.tpot_s,
             e2e_deadline_s=self._arrival_wall_s + self.slo.e2e_s,

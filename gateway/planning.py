@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gateway.state import RequestEntry
 from governor.planner import DEFAULT_HORIZON, TOLERANCE_S, IterationTimes, admit
 from predictor.board import Board, Requests
+from predictor.length import conditional_remaining
 
 
 class Verdict(enum.Enum):
@@ -72,7 +73,13 @@ def _arrival(entry: RequestEntry) -> float:
 
 
 def remaining_tokens(entry: RequestEntry) -> int:
-    """Predicted tokens still to come (at least one); max_tokens when nothing predicts."""
+    """Predicted tokens still to come (at least one): the median rest given what it has
+    generated when the prediction's quantiles came along, else the point prediction;
+    max_tokens when nothing predicts."""
+    room = entry.max_tokens - entry.generated_tokens
+    if entry.length_quantiles:
+        return max(1, min(conditional_remaining(entry.length_quantiles, entry.generated_tokens),
+                          room))  # fmt: skip
     expected = entry.predicted_tokens if entry.predicted_tokens is not None else entry.max_tokens
     return max(1, min(expected, entry.max_tokens) - entry.generated_tokens)
 

@@ -28,6 +28,7 @@ from gateway.generation import Generation
 from gateway.schemas import FinishReason, GenerationFields, usage
 from gateway.services import Services
 from gateway.slo import RequestSlo
+from predictor.length import LengthPrediction, planning_quantiles
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,7 +102,7 @@ async def serve(
         services.scaling.arrived()
     slo = RequestSlo.from_headers(http_request.headers, settings)
     request_id: str = http_request.state.request_id
-    prompt_tokens, max_tokens, predicted = await _read_prompt_off_loop(services, asked)
+    prompt_tokens, max_tokens, prediction = await _read_prompt_off_loop(services, asked)
     if settings.log_prompts:
         log.info("request %s prompt %r", request_id, asked.prompt)
     generation = Generation(
@@ -117,8 +118,9 @@ async def serve(
         ),
         request_id,
         prompt_tokens,
-        predicted,
+        prediction.point() if prediction is not None else None,
         slo,
+        length_quantiles=planning_quantiles(prediction) if prediction is not None else None,
     )
     chunks = generation.chunks()
     try:
@@ -139,7 +141,9 @@ async def serve(
     return JSONResponse(shape.whole(text, generation.finish_reason, counts))
 
 
-async def _read_prompt_off_loop(services: Services, asked: Asked) -> tuple[int, int, int | None]:
+async def _read_prompt_off_loop(
+    services: Services, asked: Asked
+) -> tuple[int, int, LengthPrediction | None]:
     """`_read_prompt` in a worker thread, unless it is cheaper than the hop: a short prompt
     and no length model (its ONNX run takes most of a millisecond)."""
     if services.predictions.length is None and len(asked.prompt) <= INLINE_PROMPT_MAX_CHARS:
@@ -147,15 +151,15 @@ async def _read_prompt_off_loop(services: Services, asked: Asked) -> tuple[int, 
     return await asyncio.to_thread(_read_prompt, services, asked)
 
 
-def _read_prompt(services: Services, asked: Asked) -> tuple[int, int, int | None]:
+def _read_prompt(services: Services, asked: Asked) -> tuple[int, int, LengthPrediction | None]:
     """Prompt tokens, max_tokens, and the predicted answer length (blocking)."""
     settings = services.settings
     token_ids = services.tokenizer.encode(asked.prompt)
     max_tokens = _max_tokens(asked, len(token_ids), settings.context_window_tokens,
                              settings.default_max_tokens)  # fmt: skip
     length = services.predictions.length
-    predicted = length.predict(token_ids, max_tokens).point() if length is not None else None
-    return len(token_ids), max_tokens, predicted
+    prediction = length.predict(token_ids, max_tokens) if length is not None else None
+    return len(token_ids), max_tokens, prediction
 
 
 def _max_tokens(asked: Asked, prompt_tokens: int, window: int, default: int) -> int:

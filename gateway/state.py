@@ -30,6 +30,9 @@ class RequestEntry:
     prompt_tokens: int
     max_tokens: int
     predicted_tokens: int | None = None  # None: no length model loaded
+    # The predicted length at predictor.length.PLANNING_LEVELS, to re-estimate the rest
+    # of an answer that outlives its median.
+    length_quantiles: tuple[int, ...] | None = None
     ttft_slo_s: float = math.inf
     tbt_slo_s: float = math.inf
     e2e_deadline_s: float = math.inf  # absolute
@@ -46,6 +49,8 @@ class RequestEntry:
         for name in ("ttft_slo_s", "tbt_slo_s", "e2e_deadline_s"):
             if fields.get(name) is None:
                 fields[name] = math.inf
+        if fields.get("length_quantiles") is not None:
+            fields["length_quantiles"] = tuple(fields["length_quantiles"])
         return cls(**fields)
 
 

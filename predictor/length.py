@@ -11,6 +11,7 @@ the mass beyond it collapses onto it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -126,6 +127,52 @@ class LengthPrediction:
                 cdf.append(mass + probability * step)
             mass += probability
         return np.array(grid), np.array(cdf) / max(mass, 1e-12)
+
+
+# The levels at which a prediction travels with its request (gateway -> scoreboard ->
+# planner): enough to re-estimate a request that has outlived its median.
+PLANNING_LEVELS = (0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+def planning_quantiles(prediction: LengthPrediction) -> tuple[int, ...]:
+    return tuple(prediction.quantile(q) for q in PLANNING_LEVELS)
+
+
+def conditional_remaining(quantiles: Sequence[int], generated: int) -> int:
+    """Tokens still to come, the median of the length given that it already passed
+    `generated` (P(L | L > generated)), from the lengths at PLANNING_LEVELS. A request
+    planned on its unconditional median would look one token from its end for as long
+    as it outlives it; this keeps its expected rest in proportion. Past the last level,
+    the rest is what the last level's slope gives for half the probability left."""
+    rows = np.asarray([quantiles], dtype=np.float64)
+    return int(conditional_remaining_rows(rows, np.asarray([generated]))[0])
+
+
+def conditional_remaining_rows(quantiles: np.ndarray, generated: np.ndarray) -> np.ndarray:
+    """`conditional_remaining` for many requests at once: one row of lengths each."""
+    lengths = np.maximum.accumulate(np.asarray(quantiles, dtype=np.float64), axis=1)
+    levels = np.asarray(PLANNING_LEVELS, dtype=np.float64)
+    grid = np.hstack([np.zeros((len(lengths), 1)), lengths])  # lengths at cdf below
+    cdf = np.concatenate([[0.0], levels])
+    done = np.asarray(generated, dtype=np.float64)
+    passed = _piecewise(done, grid, np.broadcast_to(cdf, grid.shape))
+    target = passed + 0.5 * (1.0 - passed)
+    length = _piecewise(target, np.broadcast_to(cdf, grid.shape), grid)
+    slope = (lengths[:, -1] - lengths[:, -2]) / (levels[-1] - levels[-2])
+    beyond = target > levels[-1]
+    tail_from = np.maximum(lengths[:, -1], done)
+    length = np.where(beyond, tail_from + slope * (target - levels[-1]), length)
+    return np.maximum(1, np.ceil(length) - done).astype(np.int64)
+
+
+def _piecewise(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Per row i, interpolate x[i] on the points (xp[i], fp[i]); clamped at both ends."""
+    segment = np.clip((xp <= x[:, None]).sum(axis=1) - 1, 0, xp.shape[1] - 2)
+    rows = np.arange(len(x))
+    x0, x1 = xp[rows, segment], xp[rows, segment + 1]
+    y0, y1 = fp[rows, segment], fp[rows, segment + 1]
+    share = np.clip((x - x0) / np.where(x1 > x0, x1 - x0, 1.0), 0.0, 1.0)
+    return np.where(x1 > x0, y0 + share * (y1 - y0), y1)
 
 
 class LengthPredictor:

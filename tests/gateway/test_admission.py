@@ -135,3 +135,19 @@ async def test_without_predictors_everything_is_admitted_at_once(store):
     for name in ("a", "b", "c"):
         assert not (await admission.enter(entry(name, tbt_s=0.001))).lost
     assert await ids_on_board(store) == ["a", "b", "c"]
+
+
+def test_an_entry_past_its_median_is_planned_on_the_rest_its_quantiles_give():
+    from gateway.planning import remaining_tokens
+    from gateway.state import RequestEntry
+
+    entry = RequestEntry("a", 0.0, prompt_tokens=10, max_tokens=4000, predicted_tokens=300,
+                         length_quantiles=(300, 420, 600, 750, 1100), generated_tokens=300)  # fmt: skip
+    assert remaining_tokens(entry) == 120
+    without = RequestEntry("b", 0.0, prompt_tokens=10, max_tokens=4000, predicted_tokens=300,
+                           generated_tokens=300)  # fmt: skip
+    assert remaining_tokens(without) == 1
+    capped = RequestEntry("c", 0.0, prompt_tokens=10, max_tokens=350, predicted_tokens=300,
+                          length_quantiles=(300, 420, 600, 750, 1100), generated_tokens=300)  # fmt: skip
+    assert remaining_tokens(capped) == 50  # never past max_tokens
+    assert RequestEntry.from_json(entry.to_json()) == entry

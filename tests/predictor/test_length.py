@@ -116,3 +116,23 @@ def test_a_missing_or_corrupt_length_model_is_named(tmp_path: Path):
     corrupt.write_bytes(b"\x00\x01")
     with pytest.raises(ModelFileError, match=r"corrupt\.onnx"):
         LengthPredictor(corrupt)
+
+
+def test_the_rest_of_an_answer_is_its_median_given_what_it_has_generated():
+    from predictor.length import conditional_remaining, conditional_remaining_rows
+
+    lengths = (300, 420, 600, 750, 1100)  # at 50, 75, 90, 95, 99 %
+    assert conditional_remaining(lengths, 0) == 300  # nothing generated: the median
+    # Having passed the median, half of what is left lies past the 75 % length.
+    assert conditional_remaining(lengths, 300) == 420 - 300
+    # An answer that outlives its prediction still has a rest worth planning for,
+    # instead of always looking one token from its end.
+    assert conditional_remaining(lengths, 1000) > 1
+    assert conditional_remaining(lengths, 5000) == conditional_remaining(lengths, 1100) > 1
+    ends = [g + conditional_remaining(lengths, g) for g in range(0, 1500, 25)]
+    assert ends == sorted(ends)  # the expected end never moves earlier as it generates
+    rows = conditional_remaining_rows(np.array([lengths, (10, 20, 30, 40, 50)]), np.array([300, 5]))
+    assert list(rows) == [
+        conditional_remaining(lengths, 300),
+        conditional_remaining((10, 20, 30, 40, 50), 5),
+    ]

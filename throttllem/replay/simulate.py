@@ -24,6 +24,7 @@ import numpy as np
 from gateway.planning import AdmissionPlanner, EngineShape, Verdict
 from governor.planner import IterationTimes
 from predictor.board import Board, Requests
+from predictor.length import conditional_remaining_rows
 from simulator.engine import Engine
 from simulator.engine import Sequence as EngineSequence
 from simulator.profile import EngineProfile
@@ -91,8 +92,16 @@ def simulate(
                             profile.tokens_per_block)  # fmt: skip
         planner = AdmissionPlanner(model, shape)
 
+    quantiles = None if policy.true_lengths else workload.length_quantiles
+
     def rows(indices: np.ndarray) -> Requests:
-        remaining = np.minimum(believed[indices], declared_max[indices]) - generated[indices]
+        room = declared_max[indices] - generated[indices]
+        if quantiles is not None:  # the gateway's rule (gateway.planning.remaining_tokens)
+            remaining = np.minimum(
+                conditional_remaining_rows(quantiles[indices], generated[indices]), room
+            )
+        else:
+            remaining = np.minimum(believed[indices], declared_max[indices]) - generated[indices]
         count = len(indices)
         return Requests(
             arrival_s=arrival[indices].astype(np.float64),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from predictor.length import LengthPredictor
+from predictor.length import LengthPredictor, planning_quantiles
 from predictor.tokenizer import PromptTokenizer
 from simulator.bench import fit_to_window
 from simulator.traces import Trace, TraceError, read_azure_trace
@@ -38,6 +38,8 @@ class Workload:
     output_tokens: np.ndarray  # what the engine generates
     predicted_tokens: np.ndarray  # what the gateway's length predictor says
     truncated: int
+    # With the length model: its lengths at PLANNING_LEVELS, one row per request.
+    length_quantiles: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -97,6 +99,7 @@ class PromptSet:
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     predicted_tokens: np.ndarray
+    quantiles: np.ndarray  # [prompts, PLANNING_LEVELS]
 
 
 def build_workload(
@@ -112,6 +115,7 @@ def build_workload(
     keep = arrival_s <= duration_s if duration_s is not None else np.ones(len(arrival_s), bool)
     trace_prompts, outputs = trace.prompt_tokens[keep], trace.output_tokens[keep]
     believed: np.ndarray | None = None
+    quantiles: np.ndarray | None = None
     if lengths == "model":
         if prompts is None:
             raise ValueError("--lengths model needs the AlpacaEval prompts and the length model")
@@ -120,6 +124,7 @@ def build_workload(
         trace_prompts = np.maximum(trace_prompts, prompts.prompt_tokens[paired])  # padded
         outputs = prompts.output_tokens[paired]
         believed = prompts.predicted_tokens[paired]
+        quantiles = prompts.quantiles[paired]
     fitted = [fit_to_window(int(p), int(o), window_tokens)
               for p, o in zip(trace_prompts, outputs, strict=True)]  # fmt: skip
     fitted_prompts = np.array([p for p, _, _ in fitted], dtype=np.int64)
@@ -132,6 +137,7 @@ def build_workload(
         output_tokens=fitted_outputs,
         predicted_tokens=np.asarray(believed, dtype=np.int64),
         truncated=sum(cut for _, _, cut in fitted),
+        length_quantiles=quantiles,
     )
 
 
@@ -145,13 +151,12 @@ def read_prompt_set(responses: Path, tokenizer: PromptTokenizer, length_model: L
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise TraceError(f"cannot read AlpacaEval responses at {responses}: {error!r}") from error
     encoded = [tokenizer.encode(text) for text in instructions]
+    predictions = [length_model.predict(ids, window_tokens - len(ids)) for ids in encoded]
     return PromptSet(
         prompt_tokens=np.array([max(1, len(ids)) for ids in encoded], dtype=np.int64),
         output_tokens=np.array([max(1, tokenizer.count(text)) for text in answers], dtype=np.int64),
-        predicted_tokens=np.array(
-            [length_model.predict(ids, window_tokens - len(ids)).point() for ids in encoded],
-            dtype=np.int64,
-        ),
+        predicted_tokens=np.array([p.point() for p in predictions], dtype=np.int64),
+        quantiles=np.array([planning_quantiles(p) for p in predictions], dtype=np.int64),
     )
 
 
