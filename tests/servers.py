@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import socket
+import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
+from throttllem.bench_gateway import free_ports
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+__all__ = ["free_ports", "processes_with_argument", "server_process", "wait_for_http"]
 
 
 def wait_for_http(url: str, timeout_s: float, is_alive: Callable[[], bool]) -> None:
@@ -50,3 +45,36 @@ def processes_with_argument(program: str, argument: str) -> list[int]:
         ):
             pids.append(int(cmdline.parent.name))
     return pids
+
+
+@contextmanager
+def server_process(
+    command: Sequence[str],
+    log_path: Path,
+    ready_url: str,
+    ready_timeout_s: float,
+    env: dict[str, str] | None = None,
+    stop_signal: signal.Signals = signal.SIGINT,
+    stop_timeout_s: float = 30.0,
+    new_session: bool = False,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server started as a child process, its output in `log_path`, ready once
+    `ready_url` answers 200 (else its log is printed and the error raised); stopped with
+    `stop_signal` on the way out, and killed if it outlives `stop_timeout_s`."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=new_session)  # fmt: skip
+    try:
+        try:
+            wait_for_http(ready_url, ready_timeout_s, lambda: process.poll() is None)
+        except (RuntimeError, TimeoutError):
+            print(log_path.read_text())
+            raise
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(stop_signal)
+            try:
+                process.wait(timeout=stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()

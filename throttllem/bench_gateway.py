@@ -72,7 +72,7 @@ class _Failed(Exception):
 
 def bench_gateway(json_path: Path | None, options: BenchOptions | None = None) -> dict[str, Any]:
     options = options or BenchOptions()
-    upstream_port, paced_port, gateway_port = _free_ports(3)
+    upstream_port, paced_port, gateway_port = free_ports(3)
     upstream_url = f"http://127.0.0.1:{upstream_port}"
     paced_url = f"http://127.0.0.1:{paced_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
@@ -427,7 +427,8 @@ def _print(report: dict[str, Any]) -> None:
               f"{side['stream_token_trip_p99']:.2f} ms")  # fmt: skip
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """`count` ports free on 127.0.0.1 now (the tests use it too)."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:

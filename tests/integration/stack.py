@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,12 +10,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import free_ports, wait_for_http
+from tests.servers import free_ports, server_process
 
 
 @dataclass
 class Stack:
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     base_url: str
     control_url: str
     triton_http_port: int
@@ -30,22 +29,7 @@ def running_stack(log_dir: Path, env: dict[str, str] | None = None) -> Iterator[
         "--twin-http-port", str(http_port), "--twin-grpc-port", str(grpc_port),
         "--twin-metrics-port", str(metrics_port), "--twin-control-port", str(control_port),
     ]  # fmt: skip
-    log_path = log_dir / "throttllem-run.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, **(env or {})})  # fmt: skip
     base_url = f"http://127.0.0.1:{gateway_port}"
-    try:
-        try:
-            wait_for_http(f"{base_url}/health/ready", 120, lambda: process.poll() is None)
-        except (RuntimeError, TimeoutError):
-            print(log_path.read_text())
-            raise
+    with server_process(command, log_dir / "throttllem-run.log", f"{base_url}/health/ready", 120,
+                        env={**os.environ, **(env or {})}, stop_timeout_s=60) as process:  # fmt: skip
         yield Stack(process, base_url, f"http://127.0.0.1:{control_port}", http_port)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +18,7 @@ import pytest
 from gateway.state_redis import RedisStateStore
 from predictor.shipped import length_model_path, performance_model_path
 from tests.integration.stack import Stack, running_stack
-from tests.servers import free_ports, wait_for_http
+from tests.servers import free_ports, server_process
 
 MODEL = "llama-2-13b"
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -47,24 +45,10 @@ def gateway(stack: Stack, log_dir: Path, env: dict[str, str], workers: int = 1) 
     }
     command = [sys.executable, "-m", "throttllem", "serve", "--port", str(port),
                "--workers", str(workers)]  # fmt: skip
-    log_path = log_dir / f"serve-{port}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **settings})  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_for_http(f"{base_url}/health/ready", 60, lambda: process.poll() is None)
-        except (RuntimeError, TimeoutError):
-            print(log_path.read_text())
-            raise
+    with server_process(command, log_dir / f"serve-{port}.log", f"{base_url}/health/ready", 60,
+                        env={**os.environ, **settings}):  # fmt: skip
         yield base_url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def eventually(condition: Callable[[], bool], within_s: float = 3.0) -> bool:

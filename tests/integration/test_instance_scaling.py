@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 from governor.scaler import InstanceScaler
 from governor.scaling import EngineSize, MemoryScalingChannel, ScalingPolicy
 from governor.triton_repository import RepositoryError, TritonRepository
-from tests.servers import free_ports, wait_for_http
+from tests.servers import free_ports, server_process
 
 TOKEN = "scaling-test-token"
 TP1 = EngineSize("tp1", "ensemble-tp1", capacity_rps=2.0)
@@ -45,25 +44,10 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
         "--metrics-port", str(metrics_port), "--control-port", str(control_port),
     ]  # fmt: skip
     log_path = tmp_path_factory.mktemp("twin") / "twin.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
     url = f"http://127.0.0.1:{http_port}"
-    try:
-        try:
-            ready = f"{url}/v2/models/ensemble-tp1/ready"
-            wait_for_http(ready, 120, lambda: process.poll() is None)
-        except (RuntimeError, TimeoutError):
-            print(log_path.read_text())
-            raise
+    with server_process(command, log_path, f"{url}/v2/models/ensemble-tp1/ready", 120,
+                        stop_signal=signal.SIGTERM, stop_timeout_s=60, new_session=True):  # fmt: skip
         yield Twin(url, f"http://127.0.0.1:{metrics_port}/metrics")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def repository(twin: Twin) -> TritonRepository:
@@ -165,11 +149,8 @@ def test_a_gateway_with_autoscale_moves_its_traffic_to_the_bigger_engine(
     }
     command = [sys.executable, "-m", "throttllem", "serve", "--port", str(port)]
     log_path = tmp_path / "gateway.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base_url}/health/ready", 60, lambda: process.poll() is None)
+    with server_process(command, log_path, f"{base_url}/health/ready", 60, env=env):
         before = served_requests(twin, "ensemble-tp2")
         body = {"model": "llama-2-13b", "prompt": "hello", "max_tokens": 2}
         with httpx.Client(base_url=base_url, timeout=30) as client:
@@ -179,12 +160,6 @@ def test_a_gateway_with_autoscale_moves_its_traffic_to_the_bigger_engine(
                 time.sleep(0.1)  # about 8 req/s, past TP1's 1
         assert served_requests(twin, "ensemble-tp2") > before, log_path.read_text()
         assert "traffic moved from tp1 to tp2" in log_path.read_text()
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 async def test_a_scaler_that_is_no_longer_leader_moves_nothing(twin: Twin):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import pytest
 
 from predictor.tokenizer import PromptTokenizer
 from tests.data import shared_data
-from tests.servers import free_ports, wait_for_http
+from tests.servers import free_ports, server_process
 
 PROFILE = "a100-40gb/llama-2-13b/tp2"
 RESPONSES = "alpaca_eval/llama-2-13b-chat-hf.json"
@@ -38,26 +37,11 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
         "--control-port", str(control_port),
     ]  # fmt: skip
     log_path = tmp_path_factory.mktemp("twin") / "twin.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
     triton_url = f"http://127.0.0.1:{http_port}"
-    try:
-        try:
-            wait_for_http(
-                f"{triton_url}/v2/models/ensemble/ready", 120, lambda: process.poll() is None
-            )
-        except (RuntimeError, TimeoutError):
-            print(log_path.read_text())
-            raise
+    ready_url = f"{triton_url}/v2/models/ensemble/ready"
+    with server_process(command, log_path, ready_url, 120, stop_signal=signal.SIGTERM,
+                        stop_timeout_s=60, new_session=True):  # fmt: skip
         yield Twin(triton_url, f"http://127.0.0.1:{control_port}")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 async def stream_events(client: httpx.AsyncClient, body: dict) -> list[dict]:
