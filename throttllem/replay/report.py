@@ -68,8 +68,7 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
     mix = Trace(whole.arrival_s, whole.prompt_tokens, whole.output_tokens)
     saturation = saturate(profile, *length_mix(mix, seed=options.seed), seed=options.seed)
     scale = time_scale(trace.arrival_s, options.rate, saturation.capacity_rps)
-    workload = build_workload(trace, scale, window, options.lengths, options.duration_s,
-                              options.seed, prompts)  # fmt: skip
+    workload = whole.scaled(scale, options.duration_s)
     slo = Slo(options.ttft_slo_s, TBT_SLO_S, saturation.e2e_p99_s)
     model = _planner_model(options.profile, profile)
     clocks = profile.gpu.supported_clocks_mhz()

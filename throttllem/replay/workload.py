@@ -37,12 +37,35 @@ class Workload:
     prompt_tokens: np.ndarray  # after truncation to the context window
     output_tokens: np.ndarray  # what the engine generates
     predicted_tokens: np.ndarray  # what the gateway's length predictor says
-    truncated: int
+    cut: np.ndarray  # whether the request's prompt lost its head to fit the window
     # With the length model: its lengths at PLANNING_LEVELS, one row per request.
     length_quantiles: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
+
+    @property
+    def truncated(self) -> int:
+        return int(self.cut.sum())
+
+    def scaled(self, scale: float, duration_s: float | None = None) -> Workload:
+        """The same requests with their arrival times multiplied by `scale`, only those
+        arriving within `duration_s` (the first ones: arrivals are in order)."""
+        arrival_s = self.arrival_s * scale
+        kept = (
+            int(np.searchsorted(arrival_s, duration_s, side="right"))
+            if duration_s is not None
+            else len(self)
+        )
+        quantiles = self.length_quantiles
+        return Workload(
+            arrival_s=arrival_s[:kept],
+            prompt_tokens=self.prompt_tokens[:kept],
+            output_tokens=self.output_tokens[:kept],
+            predicted_tokens=self.predicted_tokens[:kept],
+            cut=self.cut[:kept],
+            length_quantiles=quantiles[:kept] if quantiles is not None else None,
+        )
 
 
 def read_trace(path: Path, trace_format: str) -> Trace:
@@ -111,9 +134,7 @@ def build_workload(
     seed: int = 0,
     prompts: PromptSet | None = None,
 ) -> Workload:
-    arrival_s = trace.arrival_s * scale
-    keep = arrival_s <= duration_s if duration_s is not None else np.ones(len(arrival_s), bool)
-    trace_prompts, outputs = trace.prompt_tokens[keep], trace.output_tokens[keep]
+    trace_prompts, outputs = trace.prompt_tokens, trace.output_tokens
     believed: np.ndarray | None = None
     quantiles: np.ndarray | None = None
     if lengths == "model":
@@ -131,14 +152,15 @@ def build_workload(
     fitted_outputs = np.array([o for _, o, _ in fitted], dtype=np.int64)
     if believed is None:
         believed = predicted_lengths(fitted_outputs, lengths, seed)
-    return Workload(
-        arrival_s=arrival_s[keep],
+    whole = Workload(
+        arrival_s=trace.arrival_s,
         prompt_tokens=fitted_prompts,
         output_tokens=fitted_outputs,
         predicted_tokens=np.asarray(believed, dtype=np.int64),
-        truncated=sum(cut for _, _, cut in fitted),
+        cut=np.array([cut for _, _, cut in fitted], dtype=bool),
         length_quantiles=quantiles,
     )
+    return whole.scaled(scale, duration_s)
 
 
 def read_prompt_set(responses: Path, tokenizer: PromptTokenizer, length_model: LengthPredictor,
