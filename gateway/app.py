@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
-from redis.asyncio import Redis
 
 from gateway.admission import Admission
 from gateway.auth import require_api_key
@@ -71,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await services.governor.aclose()
             await services.backend.aclose()
             await services.store.aclose()
+            if services.scaling is not None:
+                await services.scaling.channel.aclose()
 
     app = FastAPI(title="throttllem", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
@@ -127,7 +128,7 @@ def _scaling_follower(settings: Settings) -> ScalingFollower | None:
         return None
     channel: ScalingChannel = MemoryScalingChannel()
     if settings.redis_url is not None:
-        channel = RedisScalingChannel(Redis.from_url(settings.redis_url), settings.instance)
+        channel = RedisScalingChannel.connect(settings.redis_url, settings.instance)
     return ScalingFollower(channel, settings.triton_model)
 
 

@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from gateway.planning import AdmissionPlanner, EngineShape
 from gateway.predictions import load_predictions
@@ -223,13 +222,12 @@ async def run_governor(settings: Settings, heartbeat: Heartbeat) -> int:
 async def _scaler(settings: Settings, still_leading: Callable[[], Awaitable[bool]]) -> None:
     """Instance scaling, run by the leader only: one scaler acts per instance."""
     assert settings.redis_url is not None
-    client = Redis.from_url(settings.redis_url)
+    channel = RedisScalingChannel.connect(settings.redis_url, settings.instance)
     try:
-        channel = RedisScalingChannel(client, settings.instance)
         scaler = InstanceScaler.from_settings(settings, channel, may_act=still_leading)
         await scaler.run(settings.triton_model)
     finally:
-        await client.aclose()
+        await channel.aclose()
 
 
 def _stopping(stop: asyncio.Event) -> None:

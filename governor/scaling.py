@@ -101,6 +101,8 @@ class ScalingChannel(Protocol):
 
     async def set_route(self, triton_model: str) -> None: ...
 
+    async def aclose(self) -> None: ...
+
 
 class MemoryScalingChannel:
     """One process: the embedded governor and the gateway share this object."""
@@ -120,3 +122,6 @@ class MemoryScalingChannel:
 
     async def set_route(self, triton_model: str) -> None:
         self._route = triton_model
+
+    async def aclose(self) -> None:
+        return None

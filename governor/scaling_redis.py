@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 class RedisScalingChannel:
     def __init__(self, client: Redis, instance: str) -> None:
+        """On a client of the caller's; `connect` makes one the channel closes."""
         self._client = client
         self._arrivals_key = f"throttllem:{instance}:scaling:arrivals"
         self._route_key = f"throttllem:{instance}:scaling:route"
@@ -33,3 +34,10 @@ class RedisScalingChannel:
 
     async def set_route(self, triton_model: str) -> None:
         await self._client.set(self._route_key, triton_model)
+
+    @classmethod
+    def connect(cls, url: str, instance: str) -> RedisScalingChannel:
+        return cls(Redis.from_url(url), instance)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
