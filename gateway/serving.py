@@ -28,7 +28,7 @@ from gateway.generation import Generation
 from gateway.schemas import FinishReason, GenerationFields, usage
 from gateway.services import Services
 from gateway.slo import RequestSlo
-from predictor.length import LengthPrediction, planning_quantiles
+from predictor.length import planning_quantiles
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,7 +102,7 @@ async def serve(
         services.scaling.arrived()
     slo = RequestSlo.from_headers(http_request.headers, settings)
     request_id: str = http_request.state.request_id
-    prompt_tokens, max_tokens, prediction = await _read_prompt_off_loop(services, asked)
+    prompt_tokens, max_tokens, predicted = await _read_prompt_off_loop(services, asked)
     if settings.log_prompts:
         log.info("request %s prompt %r", request_id, asked.prompt)
     generation = Generation(
@@ -118,9 +118,9 @@ async def serve(
         ),
         request_id,
         prompt_tokens,
-        prediction.point() if prediction is not None else None,
+        predicted.point if predicted is not None else None,
         slo,
-        length_quantiles=planning_quantiles(prediction) if prediction is not None else None,
+        length_quantiles=predicted.quantiles if predicted is not None else None,
     )
     chunks = generation.chunks()
     try:
@@ -141,9 +141,15 @@ async def serve(
     return JSONResponse(shape.whole(text, generation.finish_reason, counts))
 
 
+@dataclass(frozen=True)
+class PredictedLength:
+    point: int
+    quantiles: tuple[int, ...]  # at predictor.length.PLANNING_LEVELS
+
+
 async def _read_prompt_off_loop(
     services: Services, asked: Asked
-) -> tuple[int, int, LengthPrediction | None]:
+) -> tuple[int, int, PredictedLength | None]:
     """`_read_prompt` in a worker thread, unless it is cheaper than the hop: a short prompt
     and no length model (its ONNX run takes most of a millisecond)."""
     if services.predictions.length is None and len(asked.prompt) <= INLINE_PROMPT_MAX_CHARS:
@@ -151,15 +157,19 @@ async def _read_prompt_off_loop(
     return await asyncio.to_thread(_read_prompt, services, asked)
 
 
-def _read_prompt(services: Services, asked: Asked) -> tuple[int, int, LengthPrediction | None]:
-    """Prompt tokens, max_tokens, and the predicted answer length (blocking)."""
+def _read_prompt(services: Services, asked: Asked) -> tuple[int, int, PredictedLength | None]:
+    """Prompt tokens, max_tokens, and the predicted answer length (blocking: the
+    prediction's distribution is read here too, off the event loop)."""
     settings = services.settings
     token_ids = services.tokenizer.encode(asked.prompt)
     max_tokens = _max_tokens(asked, len(token_ids), settings.context_window_tokens,
                              settings.default_max_tokens)  # fmt: skip
     length = services.predictions.length
-    prediction = length.predict(token_ids, max_tokens) if length is not None else None
-    return len(token_ids), max_tokens, prediction
+    if length is None:
+        return len(token_ids), max_tokens, None
+    prediction = length.predict(token_ids, max_tokens)
+    predicted = PredictedLength(prediction.point(), planning_quantiles(prediction))
+    return len(token_ids), max_tokens, predicted
 
 
 def _max_tokens(asked: Asked, prompt_tokens: int, window: int, default: int) -> int:

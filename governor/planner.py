@@ -313,8 +313,10 @@ def admit(
     before = _Timeline(board, horizon).check(model, top)
     if after.kv_overflow_blocks > before.kv_overflow_blocks:
         return AdmitDecision(False, "the KV cache would overflow", after)
-    bounded = renegotiated(board, before)
-    with_bounds = _Timeline(bounded.with_queued(request), horizon).check(model, top)
+    with_bounds = after  # nothing lost before: every promise stands as it was
+    if len(before.missing):
+        bounded = renegotiated(board, before)
+        with_bounds = _Timeline(bounded.with_queued(request), horizon).check(model, top)
     hurt = np.nonzero(with_bounds.worst_miss_s[:-1] > TOLERANCE_S)[0]
     if len(hurt):
         return AdmitDecision(False, f"{len(hurt)} admitted request(s) would miss", after)
