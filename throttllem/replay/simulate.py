@@ -195,10 +195,8 @@ def simulate(
             progress(next_arrival / n)
     for gpu in engine.gpus:
         gpu.idle_until(now_s)
-    run = _run(policy, workload, slo, engine, first_s, last_s, finished_s, generated,
-               series, time.perf_counter() - started_wall_s)  # fmt: skip
-    run.queue_s = admitted_s - arrival
-    return run
+    return _run(policy, workload, slo, engine, admitted_s, first_s, last_s, finished_s,
+                generated, series, time.perf_counter() - started_wall_s)  # fmt: skip
 
 
 def _run(
@@ -206,6 +204,7 @@ def _run(
     workload: Workload,
     slo: Slo,
     engine: Engine,
+    admitted_s: np.ndarray,
     first_s: np.ndarray,
     last_s: np.ndarray,
     finished_s: np.ndarray,
@@ -231,4 +230,5 @@ def _run(
         series_t_s=t_s,
         series_clock_mhz=clock_mhz,
         series_power_w=power_w,
+        queue_s=admitted_s - workload.arrival_s,
     )
