@@ -10,11 +10,15 @@ its end-to-end deadline.
 
 Lost promises. A promise that cannot be kept even at the highest clock (a long answer
 under a short end-to-end deadline, a request that waited too long) is renegotiated
-rather than obeyed: its deadline moves to what the highest clock achieves, plus
-`LOST_PROMISE_SLACK` of its original budget. The clock search and admission then keep
-every other promise exactly, and the lost one within that bound. The paper instead
-holds the highest clock while anything is lost, and one hopeless request in a busy
-engine then pins the clock, and (through admission) holds back everyone behind it.
+rather than obeyed: its limit moves `LOST_PROMISE_SLACK` of its budget past the original,
+or to what the highest clock achieves if that is later. The bound is fixed by the
+original promise, so it does not drift as the request runs (a bound recomputed from the
+highest clock at every decision moved later each time the clock was planned below it).
+The clock search keeps every other promise exactly, and the lost one within that bound;
+admission holds a newcomer back only for promises still keepable, since a lost one is
+missed either way. The paper instead holds the highest clock while anything is lost,
+and one hopeless request in a busy engine then pins the clock and, through admission,
+holds back everyone behind it.
 """
 
 from __future__ import annotations
@@ -204,7 +208,8 @@ def check(
 
 def renegotiated(board: Board, at_top: CheckResult) -> Board:
     """The board with every promise `at_top` (a check at the highest clock) says is lost
-    moved to what that clock achieves, plus LOST_PROMISE_SLACK of its budget."""
+    moved LOST_PROMISE_SLACK of its budget past the original, or to what that clock
+    achieves if later."""
     rows = len(board.running)
 
     def relaxed(part: Requests, span: slice) -> Requests:
@@ -229,7 +234,7 @@ def renegotiated(board: Board, at_top: CheckResult) -> Board:
 
 def _moved(limit: np.ndarray, miss: np.ndarray, budget: np.ndarray) -> np.ndarray:
     lost = miss > TOLERANCE_S
-    return np.where(lost, limit + miss + LOST_PROMISE_SLACK * budget, limit)
+    return np.where(lost, limit + np.maximum(miss, LOST_PROMISE_SLACK * budget), limit)
 
 
 def with_margin(board: Board, margin: float) -> Board:
@@ -253,6 +258,27 @@ def with_margin(board: Board, margin: float) -> Board:
     return replace(board, running=tightened(board.running), queued=tightened(board.queued))
 
 
+def _margin_where(board: Board, margin: float, keep_margin: np.ndarray) -> Board:
+    """`with_margin` for the requests (running, then queued) where `keep_margin` is set;
+    the others keep their real promises."""
+    tight = with_margin(board, margin)
+    rows = len(board.running)
+
+    def chosen(real: Requests, tightened: Requests, mask: np.ndarray) -> Requests:
+        return replace(
+            real,
+            ttft_slo_s=np.where(mask, tightened.ttft_slo_s, real.ttft_slo_s),
+            tbt_slo_s=np.where(mask, tightened.tbt_slo_s, real.tbt_slo_s),
+            e2e_deadline_s=np.where(mask, tightened.e2e_deadline_s, real.e2e_deadline_s),
+        )
+
+    return replace(
+        board,
+        running=chosen(board.running, tight.running, keep_margin[:rows]),
+        queued=chosen(board.queued, tight.queued, keep_margin[rows:]),
+    )
+
+
 @dataclass(frozen=True)
 class FrequencyDecision:
     clock_index: int
@@ -261,20 +287,27 @@ class FrequencyDecision:
 
 
 def lowest_frequency(
-    board: Board, model: IterationTimes, horizon: int = DEFAULT_HORIZON
+    board: Board, model: IterationTimes, horizon: int = DEFAULT_HORIZON, margin: float = 0.0
 ) -> FrequencyDecision:
     """Binary search over the clocks for the lowest at which the board is feasible
     (feasibility is monotone in the clock: a faster clock never makes an iteration slower),
     after renegotiating the promises lost even at the highest clock. A KV overflow cannot
-    be renegotiated: it gets the highest clock."""
-    timeline = _Timeline(board, horizon)
+    be renegotiated: it gets the highest clock.
+
+    With a `margin`, every promise is planned `with_margin`, except one the highest clock
+    can keep only without its margin: that one is planned on its real budget. Only a promise
+    lost on its real budget is renegotiated."""
     top = len(model.clocks_mhz) - 1
+    timeline = _Timeline(with_margin(board, margin), horizon)
+    if margin > 0 and not timeline.feasible(model, top):
+        short = timeline.check(model, top).worst_miss_s > TOLERANCE_S
+        timeline = _Timeline(_margin_where(board, margin, ~short), horizon)
     lost = not timeline.feasible(model, top)
     if lost:
         at_top = timeline.check(model, top)
         if at_top.kv_overflow_blocks:
             return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
-        timeline = _Timeline(renegotiated(board, at_top), horizon)
+        timeline = _Timeline(renegotiated(timeline.board, at_top), horizon)
         if not timeline.feasible(model, top):  # only rounding could get here
             return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
     low, high = 0, top  # high is feasible
@@ -298,8 +331,8 @@ def admit(
     board: Board, request: Requests, model: IterationTimes, horizon: int = DEFAULT_HORIZON
 ) -> AdmitDecision:
     """Admit `request` (one queued row) if, at the highest clock, it keeps its own promises
-    and everyone already admitted keeps theirs: exactly for a promise still keepable, and
-    within its renegotiated bound for one already lost."""
+    and every admitted promise still keepable stays kept (one already lost is missed
+    either way; the clock search bounds how late it runs)."""
     top = len(model.clocks_mhz) - 1
     candidate = _Timeline(board.with_queued(request), horizon)
     if candidate.feasible(model, top):  # the common case: nobody misses, so nobody is hurt
@@ -313,11 +346,9 @@ def admit(
     before = _Timeline(board, horizon).check(model, top)
     if after.kv_overflow_blocks > before.kv_overflow_blocks:
         return AdmitDecision(False, "the KV cache would overflow", after)
-    with_bounds = after  # nothing lost before: every promise stands as it was
-    if len(before.missing):
-        bounded = renegotiated(board, before)
-        with_bounds = _Timeline(bounded.with_queued(request), horizon).check(model, top)
-    hurt = np.nonzero(with_bounds.worst_miss_s[:-1] > TOLERANCE_S)[0]
+    keepable = np.ones(len(worst) - 1, dtype=bool)
+    keepable[before.missing] = False
+    hurt = np.nonzero((worst[:-1] > TOLERANCE_S) & keepable)[0]
     if len(hurt):
         return AdmitDecision(False, f"{len(hurt)} admitted request(s) would miss", after)
     return AdmitDecision(True, "every promise holds", after)

@@ -23,7 +23,6 @@ from governor.planner import (
     FrequencyDecision,
     IterationTimes,
     lowest_frequency,
-    with_margin,
 )
 from predictor.board import Board
 
@@ -92,8 +91,8 @@ class PlannerPolicy:
             return self._because("empty board", highest)
         if any(entry.predicted_tokens is None for entry in entries):
             return self._because("no length prediction", highest)
-        board = with_margin(self._board_of(entries, now_s), self._margin)
-        decision = lowest_frequency(board, self._model, self._horizon)
+        board = self._board_of(entries, now_s)
+        decision = lowest_frequency(board, self._model, self._horizon, self._margin)
         self.last_decision = decision
         reason = "planned, lost promises renegotiated" if decision.lost else "planned"
         return self._because(reason, self._clock_mapping(decision.clock_mhz, supported_clocks_mhz))

@@ -175,7 +175,15 @@ class Engine:
         cost = self._model.cost(
             decode_sequences, decode_context_tokens, prefill_tokens, prefill_square, clock_mhz
         )
-        duration_s = cost.duration_s * self._noise.next()
+        noise = self._noise.next()
+        duration_s = cost.duration_s * noise
+        switch = self._switch_landing(now_s, now_s + duration_s)
+        if switch is not None:  # the rest of the iteration's work runs at the new clock
+            landed_s, new_clock_mhz = switch
+            done = (landed_s - now_s) / duration_s
+            rest = self._model.cost(decode_sequences, decode_context_tokens, prefill_tokens,
+                                    prefill_square, new_clock_mhz)  # fmt: skip
+            duration_s = landed_s - now_s + (1 - done) * rest.duration_s * noise
         for gpu in self.gpus:
             gpu.busy_until(now_s + duration_s, cost.sm_share)
         emitted = tuple(self._running)
@@ -195,6 +203,18 @@ class Engine:
         )
         self.last_step = result
         return result
+
+    def _switch_landing(self, start_s: float, end_s: float) -> tuple[float, int] | None:
+        """A clock switch that lands inside an iteration: when, and the instance's clock
+        after it (the slowest GPU's). A GPU changes its clock between kernels, not between
+        iterations, so an iteration speeds up or slows down from that instant."""
+        pending = [gpu.pending_switch(start_s) for gpu in self.gpus]
+        landings = [switch[0] for switch in pending if switch is not None]
+        if not landings or max(landings) >= end_s:
+            return None
+        after = [switch[1] if switch is not None else gpu.clock_mhz(start_s)
+                 for gpu, switch in zip(self.gpus, pending, strict=True)]  # fmt: skip
+        return max(landings), min(after)
 
     def _schedule(self, iteration: int) -> tuple[int, int, int]:
         prefill_tokens = prefill_square = scheduled = 0

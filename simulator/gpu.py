@@ -43,6 +43,11 @@ class SimulatedGpu:
             self._pending = None
         return self._clock_mhz
 
+    def pending_switch(self, now_s: float) -> tuple[float, int] | None:
+        """The switch on its way after `now_s`: (when it lands, to which clock); or None."""
+        self.clock_mhz(now_s)
+        return self._pending
+
     def lock_clock(self, clock_mhz: int, now_s: float) -> None:
         if clock_mhz not in self._supported:
             raise UnsupportedClockError(

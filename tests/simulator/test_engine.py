@@ -137,6 +137,26 @@ def test_iterations_are_slower_at_a_lower_clock_and_with_more_kv():
     assert model.cost(16, 16 * 2000, 0, 0, 1410).duration_s > base
 
 
+def test_a_clock_switch_landing_mid_iteration_speeds_up_the_rest_of_it():
+    """A GPU changes clock between kernels: a long prefill started at a low clock runs
+    at the new clock once the switch lands, not at the old one to its end."""
+    model = IterationModel(LLAMA_13B_TP1)
+    slow_s = model.cost(0, 0, 3000, 3000 * 3000, 210).duration_s
+    fast_s = model.cost(0, 0, 3000, 3000 * 3000, 1410).duration_s
+    engine = make_engine()
+    for gpu in engine.gpus:
+        gpu.lock_clock(210, now_s=-1.0)  # in force well before the iteration starts
+        gpu.lock_clock(1410, now_s=0.0)
+    latency_s = LLAMA_13B_TP1.gpu.clock_switch_latency_s
+    assert latency_s < slow_s  # the switch lands inside the iteration
+    engine.submit(seq("long prompt", prompt=3000, output=1))
+    first = engine.step(0.0)
+    assert first.clock_mhz == 210
+    done = latency_s / slow_s  # the share of its work done at the old clock
+    assert first.duration_s == pytest.approx(latency_s + (1 - done) * fast_s)
+    assert fast_s < first.duration_s < slow_s
+
+
 def test_noise_is_seeded():
     profile = load_profile("a100-40gb/llama-2-13b/tp1")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from governor.planner import lowest_frequency, with_margin
+from governor.planner import lowest_frequency
 from governor.policy import at_or_above
 from predictor.board import Board
 
@@ -65,8 +65,9 @@ class Policy:
             return highest
         if board is None or board.size == 0:
             return highest  # ready for the next arrival's prefill (governor/policy.py)
-        decision = lowest_frequency(with_margin(board, self.margin), model)  # type: ignore[arg-type]
-        return highest if decision.lost else at_or_above(decision.clock_mhz, clocks_mhz)
+        # As the live governor (governor/policy.py): lost promises are renegotiated.
+        decision = lowest_frequency(board, model, margin=self.margin)  # type: ignore[arg-type]
+        return at_or_above(decision.clock_mhz, clocks_mhz)
 
 
 def parse_policy(name: str, clocks_mhz: Sequence[int]) -> Policy:

@@ -5,8 +5,11 @@ The loop plays the gateway and the governor around the engine, as the live syste
 - arrivals enter the engine at once (ungated policies) or wait at the gateway in arrival
   order and are admitted through the planner (`AdmissionPlanner.verdict_on`, the
   gateway's own decision), tried again whenever the board changes;
-- every governor window the policy picks a clock; a lower clock waits out the minimum
-  dwell, and the GPUs take the switch latency to apply it (the twin models that);
+- every governor window the policy picks a clock, and, for the gated policies, also
+  whenever a request joins or leaves the engine (the gateway pokes the live governor so);
+  a lower clock waits out the minimum dwell, and the GPUs take the switch latency to
+  apply it (the twin models that, and an iteration under way speeds up or slows down
+  from the instant the switch lands);
 - the engine steps one iteration at a time; tokens are stamped when their iteration
   ends. Energy is the twin's integral of power over the whole run, idle included.
 """
@@ -122,10 +125,12 @@ def simulate(
                      engine.kv_capacity_blocks, profile.tokens_per_block)  # fmt: skip
 
     def submit(index: int) -> None:
+        nonlocal poked
         output = int(outputs[index])
         engine.submit(EngineSequence(str(index), int(prompts[index]), output, output))
         active[index] = None
         admitted_s[index] = now_s
+        poked = policy.gated
 
     def admit_waiting(now_s: float) -> None:
         assert planner is not None
@@ -143,6 +148,7 @@ def simulate(
     applied_mhz: int | None = None
     last_change_s = -math.inf
     board_changed = False
+    poked = False  # the gateway pokes the governor when a request joins or leaves
     series: list[tuple[float, int, float]] = []
     reported = 0
     while True:
@@ -156,7 +162,8 @@ def simulate(
         if waiting and board_changed:
             admit_waiting(now_s)
         board_changed = False
-        if now_s >= next_decision_s:
+        if now_s >= next_decision_s or poked:
+            poked = False
             load = EngineLoad(engine.running, profile.max_batch_size, engine.kv_used_blocks,
                               engine.kv_capacity_blocks)  # fmt: skip
             planned = board(now_s + switch_latency_s) if policy.gated else None
@@ -167,9 +174,10 @@ def simulate(
                 for gpu in engine.gpus:
                     gpu.lock_clock(target_mhz, now_s)
                 applied_mhz, last_change_s = target_mhz, now_s
-            power_w = sum(gpu.power_w() for gpu in engine.gpus)
-            series.append((now_s, engine.clock_mhz(now_s), power_w))
-            next_decision_s = now_s + WINDOW_S
+            if now_s >= next_decision_s:  # a window's end (a poke decides in between)
+                power_w = sum(gpu.power_w() for gpu in engine.gpus)
+                series.append((now_s, engine.clock_mhz(now_s), power_w))
+                next_decision_s = now_s + WINDOW_S
         if engine.has_work:
             result = engine.step(now_s)
             now_s = result.ended_s
@@ -185,6 +193,7 @@ def simulate(
                 finished_s[index] = now_s
                 del active[index]
                 board_changed = True
+                poked = policy.gated
         elif next_arrival >= n and not waiting:
             break
         else:
@@ -225,10 +234,17 @@ def _run(
         e2e_s=e2e_s,
         met=met,
         output_tokens=int(generated.sum()),
-        mean_freq_mhz=float(clock_mhz.mean()),
+        mean_freq_mhz=_time_weighted_mean(t_s, clock_mhz),
         wall_s=wall_s,
         series_t_s=t_s,
         series_clock_mhz=clock_mhz,
         series_power_w=power_w,
         queue_s=admitted_s - workload.arrival_s,
     )
+
+
+def _time_weighted_mean(t_s: np.ndarray, values: np.ndarray) -> float:
+    """Each sample holds until the next (samples fall at iteration ends, not evenly)."""
+    if len(values) < 2:
+        return float(values.mean()) if len(values) else math.nan
+    return float(np.average(values[:-1], weights=np.diff(t_s)))
