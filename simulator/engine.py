@@ -75,6 +75,7 @@ class Engine:
     seed: int = 0
     policy: str = ""
     gpus: list[SimulatedGpu] = field(default_factory=list)
+    started_s: float = 0.0  # when its GPUs were taken: their energy counts from then
     iterations: int = 0
     kv_used_blocks: int = 0
     last_step: StepResult | None = None
@@ -92,7 +93,8 @@ class Engine:
         power = PowerModel(self.profile)
         if not self.gpus:
             self.gpus = [
-                SimulatedGpu(self.profile.gpu, power) for _ in range(self.profile.tensor_parallel)
+                SimulatedGpu(self.profile.gpu, power, self.started_s)
+                for _ in range(self.profile.tensor_parallel)
             ]
         self._model = IterationModel(self.profile)
         self._tokens_per_block = self.profile.tokens_per_block

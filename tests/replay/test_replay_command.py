@@ -8,7 +8,7 @@ import pytest
 from tests.data import shared_data
 from throttllem.cli import main
 
-POLICIES = "max,static:1050,static-best,reactive,throttllem,oracle"
+POLICIES = "max,static:1050,static-best,reactive,throttllem,throttllem+scale,oracle"
 SUMMARY = {"p50", "p90", "p99", "mean"}
 
 
@@ -34,12 +34,16 @@ def test_a_short_replay_of_every_policy_writes_the_fixed_json(
     assert len(tokens) == 1  # identical work
     for policy in policies.values():
         assert {"energy_j", "output_tokens", "tokens_per_j", "slo_attainment", "ttft_ms",
-                "tbt_ms", "e2e_ms", "mean_freq_mhz", "requests", "truncated",
+                "tbt_ms", "e2e_ms", "mean_freq_mhz", "mean_gpus", "requests", "truncated",
                 "wall_s"} <= set(policy)  # fmt: skip
         assert set(policy["ttft_ms"]) == set(policy["e2e_ms"]) == SUMMARY
         assert 0 <= policy["slo_attainment"] <= 1
     assert policies["static-best"]["clock"].startswith("static:")
     assert policies["max"]["energy_j"] > policies["static:1050"]["energy_j"]
+    assert policies["max"]["mean_gpus"] == pytest.approx(2)  # TP2
+    sizes = [size["label"] for size in report["scaling"]["sizes"]]
+    assert sorted(sizes) == ["tp1", "tp2", "tp4"]
+    assert all(size["capacity_rps"] > 0 for size in report["scaling"]["sizes"])
     table = capsys.readouterr().out
     assert "| policy | energy kJ |" in table and "| oracle |" in table
 
@@ -47,7 +51,6 @@ def test_a_short_replay_of_every_policy_writes_the_fixed_json(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--policies", "throttllem+scale"], "instance scaling"),
         (["--live", "http://127.0.0.1:9"], "--live"),
         (["--rate", "fast"], "peak or a number"),
         (["--policies", "fastest"], "unknown policy"),

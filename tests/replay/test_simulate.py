@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from governor.iteration_times import TableIterationTimes
+from governor.scaling import EngineSize
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import performance_model_path
 from simulator.capacity import prefill_s_per_token, saturate
@@ -13,6 +14,7 @@ from simulator.profile import load_profile
 from simulator.traces import read_azure_trace
 from tests.data import shared_data
 from throttllem.replay.policies import parse_policy
+from throttllem.replay.scaling import EngineOption, ScaleSetup, sibling_profiles
 from throttllem.replay.simulate import Run, Slo, simulate
 from throttllem.replay.workload import Workload, build_workload, time_scale
 
@@ -54,7 +56,7 @@ def test_every_policy_serves_every_token_of_the_same_work(
 
 
 def test_fixed_clocks_hold_and_max_is_the_most_expensive(runs: dict[str, Run]):
-    assert runs["max"].mean_freq_mhz == 1410
+    assert runs["max"].mean_freq_mhz == pytest.approx(1410)
     # The first switch takes the GPU's switch latency: a few samples at the default clock.
     assert runs["static:1050"].mean_freq_mhz == pytest.approx(1050, abs=5)
     assert runs["max"].energy_j > runs["static:1050"].energy_j
@@ -81,3 +83,58 @@ def test_unknown_policies_and_clocks_are_refused():
         parse_policy("fastest", clocks)
     with pytest.raises(ValueError, match="not a supported clock"):
         parse_policy("static:1051", clocks)
+
+
+def _scale_setup(capacities: dict[str, float], **timing: float) -> ScaleSetup:
+    options = []
+    for label, capacity_rps in capacities.items():
+        name = f"a100-40gb/llama-2-13b/{label}"
+        profile = load_profile(name)
+        table = PerformanceTable.from_model(PerformanceModel(performance_model_path(name)), 64)
+        options.append(EngineOption(EngineSize(label, f"ensemble-{label}", capacity_rps), name,
+                                    profile, TableIterationTimes(table)))  # fmt: skip
+    return ScaleSetup(tuple(options), **timing)
+
+
+def _phases(*phases: tuple[float, float]) -> Workload:
+    """Arrivals at a steady rate per phase: (seconds, requests per second)."""
+    arrival_s, start_s = [], 0.0
+    for seconds, rate_rps in phases:
+        arrival_s += list(np.arange(start_s, start_s + seconds, 1 / rate_rps))
+        start_s += seconds
+    n = len(arrival_s)
+    outputs = np.full(n, 60)
+    return Workload(np.array(arrival_s), np.full(n, 200), outputs, outputs.copy(),
+                    np.zeros(n, dtype=bool))  # fmt: skip
+
+
+def test_scaling_grows_in_the_shadow_and_shrinks_after_the_grace_period():
+    setup = _scale_setup({"tp1": 1.0, "tp2": 4.0}, load_s=10.0, interval_s=5.0, grace_s=20.0,
+                         drain_s=10.0)  # fmt: skip
+    workload = _phases((60, 0.5), (60, 3.0), (120, 0.5))
+    tp1 = load_profile("a100-40gb/llama-2-13b/tp1")
+    policy = parse_policy("throttllem+scale", tp1.gpu.supported_clocks_mhz())
+    run = simulate(workload, tp1, policy, Slo(2.0, 0.2, 60.0), setup.option("tp1").model,
+                   scaling=setup)  # fmt: skip
+    assert [label for _, label in run.moves] == ["tp2", "tp1"]
+    (grew_s, _), (shrank_s, _) = run.moves
+    # The rate is seen at the first tick past 60 s; the engine then loads for 10 s.
+    assert 60 + 10 <= grew_s <= 60 + 5 + 10 + 1
+    assert shrank_s >= 120 + 20  # only after the rate fitted TP1 for the grace period
+    assert not np.isnan(run.e2e_s).any()  # every request served, across both moves
+    assert run.output_tokens == int(workload.output_tokens.sum())
+    assert run.series_gpus.max() == 3  # TP1 and TP2 held together while moving
+    assert 1 < run.mean_gpus < 3
+    during_load = (run.series_t_s > grew_s - 10) & (run.series_t_s < grew_s)
+    assert (run.series_gpus[during_load] == 3).all()  # the shadow engine draws power
+
+
+def test_scaling_needs_its_sizes():
+    profile = load_profile(PROFILE)
+    policy = parse_policy("throttllem+scale", profile.gpu.supported_clocks_mhz())
+    with pytest.raises(ValueError, match="engine sizes"):
+        simulate(_phases((5, 1.0)), profile, policy, Slo(2.0, 0.2, 60.0), object())  # type: ignore[arg-type]
+
+
+def test_the_siblings_of_a_profile_are_its_other_tensor_parallel_sizes():
+    assert sibling_profiles(PROFILE) == [f"a100-40gb/llama-2-13b/tp{n}" for n in (1, 2, 4)]

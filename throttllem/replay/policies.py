@@ -8,6 +8,8 @@
   below that a clock in proportion. It reacts to load; it cannot see promises.
 - `throttllem`: ours. Admission through the planner, and the lowest clock at which every
   admitted request keeps its promises, on the gateway's predicted lengths.
+- `throttllem+scale`: ours, with instance scaling between the engine's sizes (TP1, TP2,
+  TP4 of the same model): the smallest that carries the arrival rate (scaling.py).
 - `oracle`: ours with the true lengths.
 """
 
@@ -22,7 +24,9 @@ from predictor.board import Board
 
 ONDEMAND_UP_THRESHOLD = 0.8
 
-POLICY_NAMES = ("max", "static:<MHz>", "static-best", "reactive", "throttllem", "oracle")
+POLICY_NAMES = (
+    "max", "static:<MHz>", "static-best", "reactive", "throttllem", "throttllem+scale", "oracle",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Policy:
     fixed_clock_mhz: int | None = None  # static
     reactive: bool = False
     true_lengths: bool = False  # oracle: the planner sees the engine's true lengths
+    scaling: bool = False  # throttllem+scale: instance scaling between engine sizes
     margin: float = 0.2  # planned clocks keep this share of every budget to spare (settings)
 
     def clock_mhz(
@@ -77,6 +82,8 @@ def parse_policy(name: str, clocks_mhz: Sequence[int]) -> Policy:
         return Policy("reactive", reactive=True)
     if name == "throttllem":
         return Policy("throttllem", gated=True)
+    if name == "throttllem+scale":
+        return Policy("throttllem+scale", gated=True, scaling=True)
     if name == "oracle":
         return Policy("oracle", gated=True, true_lengths=True)
     if name.startswith("static:"):

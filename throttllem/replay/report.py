@@ -27,6 +27,7 @@ from simulator.capacity import length_mix, prefill_s_per_token, saturate
 from simulator.profile import EngineProfile, load_profile
 from simulator.traces import Trace
 from throttllem.replay.policies import Policy, parse_policy
+from throttllem.replay.scaling import ScaleSetup, scale_setup
 from throttllem.replay.simulate import Run, Slo, simulate
 from throttllem.replay.workload import (
     PromptSet,
@@ -72,11 +73,16 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
     slo = Slo(options.ttft_slo_s, TBT_SLO_S, saturation.e2e_p99_s)
     model = _planner_model(options.profile, profile)
     clocks = profile.gpu.supported_clocks_mhz()
+    scaling = None
+    if any(parse_policy(name, clocks).scaling for name in options.policies
+           if name != "static-best"):  # fmt: skip
+        scaling = scale_setup(options.profile, *length_mix(mix, seed=options.seed),
+                              _planner_model, seed=options.seed)  # fmt: skip
 
     def run(policy: Policy) -> Run:
         bar = _ProgressBar(policy.name) if progress else None
         result = simulate(workload, profile, policy, slo, model, options.seed,
-                          bar.update if bar else None)  # fmt: skip
+                          bar.update if bar else None, scaling)  # fmt: skip
         if bar:
             bar.done(result.wall_s)
         return result
@@ -113,6 +119,7 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
         "policies": {
             name: _policy_report(result, workload.truncated) for name, result in runs.items()
         },
+        **({"scaling": _scaling_report(scaling, runs)} if scaling is not None else {}),
     }
 
 
@@ -158,10 +165,32 @@ def _policy_report(run: Run, truncated: int) -> dict[str, Any]:
         "e2e_ms": _summary(run.e2e_s),
         "queue_ms": _summary(run.queue_s),  # arrival to entering the engine
         "mean_freq_mhz": run.mean_freq_mhz,
+        "mean_gpus": run.mean_gpus,
         "requests": len(run.met),
         "truncated": truncated,
         "wall_s": run.wall_s,
         "clock": run.policy,
+    }
+
+
+def _scaling_report(setup: ScaleSetup, runs: dict[str, Run]) -> dict[str, Any]:
+    return {
+        "sizes": [
+            {"label": o.size.label, "profile": o.profile_name, "capacity_rps": o.size.capacity_rps}
+            for o in setup.options
+        ],
+        "interval_s": setup.interval_s,
+        "engine_load_s": setup.load_s,
+        "grace_s": setup.grace_s,
+        "drain_s": setup.drain_s,
+        "headroom": setup.headroom,
+        "moves": {
+            name: [{"t_s": t_s, "to": label} for t_s, label in run.moves]
+            for name, run in runs.items()
+            if run.moves
+        },
+        "energy": "every GPU while it holds an engine, loading and draining included; "
+        "GPUs without an engine are handed back and not counted",
     }
 
 

@@ -1,17 +1,26 @@
-"""One policy over one workload, on the twin's engine in virtual time.
+"""One policy over one workload, on the twin's engines in virtual time.
 
-The loop plays the gateway and the governor around the engine, as the live system does:
+The loop plays the gateway, the governor and (for `throttllem+scale`) the instance
+scaler around the engines, as the live system does, in the order events happen:
 
-- arrivals enter the engine at once (ungated policies) or wait at the gateway in arrival
-  order and are admitted through the planner (`AdmissionPlanner.verdict_on`, the
-  gateway's own decision), tried again whenever the board changes;
-- every governor window the policy picks a clock, and, for the gated policies, also
-  whenever a request joins or leaves the engine (the gateway pokes the live governor so);
-  a lower clock waits out the minimum dwell, and the GPUs take the switch latency to
-  apply it (the twin models that, and an iteration under way speeds up or slows down
-  from the instant the switch lands);
-- the engine steps one iteration at a time; tokens are stamped when their iteration
-  ends. Energy is the twin's integral of power over the whole run, idle included.
+- a request reaches the gateway at its trace time. Ungated policies send it straight to
+  the engine; gated ones queue it in arrival order and admit it through the planner
+  (`AdmissionPlanner.verdict_on`, the gateway's own decision), tried again whenever the
+  board changes;
+- each engine steps one iteration at a time; tokens are stamped when their iteration
+  ends;
+- at an iteration's end (every window while idle) the governor picks that engine's
+  clock once a window has passed, and, for the gated policies, also when a request
+  joined or left (the gateway pokes the live governor so). A lower clock waits out the
+  minimum dwell; the GPUs take the switch latency to apply a clock (the twin models
+  that, and an iteration under way changes speed from the instant the switch lands);
+- with scaling, every interval the scaler compares the arrival rate with each size's
+  capacity (`governor.scaling.ScalingPolicy`), loads a new engine in the shadow (its
+  GPUs draw idle power while it loads), moves the route once it is ready, and hands
+  the old engine's GPUs back once the drain period has passed and its requests are done.
+
+Energy is the twin's integral of power over every GPU while it holds an engine, idle
+included.
 """
 
 from __future__ import annotations
@@ -26,12 +35,14 @@ import numpy as np
 
 from gateway.planning import AdmissionPlanner, EngineShape, Verdict
 from governor.planner import IterationTimes
+from governor.scaling import ScalingPolicy
 from predictor.board import Board, Requests
 from predictor.length import conditional_remaining_rows
-from simulator.engine import Engine
+from simulator.engine import Engine, StepResult
 from simulator.engine import Sequence as EngineSequence
 from simulator.profile import EngineProfile
 from throttllem.replay.policies import EngineLoad, Policy
+from throttllem.replay.scaling import ScaleSetup
 from throttllem.replay.workload import Workload
 
 WINDOW_S = 0.1  # the governor's decision window (THROTTLLEM_GOVERNOR_WINDOW_MS)
@@ -57,9 +68,154 @@ class Run:
     mean_freq_mhz: float
     wall_s: float
     series_t_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    series_clock_mhz: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    series_power_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    series_clock_mhz: np.ndarray = field(default_factory=lambda: np.zeros(0))  # routed engine
+    series_power_w: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every GPU held
+    series_gpus: np.ndarray = field(default_factory=lambda: np.zeros(0))  # GPUs held
     queue_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # waited at the gateway
+    moves: list[tuple[float, str]] = field(default_factory=list)  # (when, to which size)
+
+    @property
+    def mean_gpus(self) -> float:
+        return _time_weighted_mean(self.series_t_s, self.series_gpus)
+
+
+class _Requests:
+    """Every request's progress, shared by the engines that serve them."""
+
+    def __init__(self, workload: Workload, believed: np.ndarray, slo: Slo,
+                 quantiles: np.ndarray | None, window_tokens: int) -> None:  # fmt: skip
+        n = len(workload)
+        self.arrival_s, self.prompts = workload.arrival_s, workload.prompt_tokens
+        self.outputs = workload.output_tokens
+        self.believed, self.slo, self.quantiles = believed, slo, quantiles
+        # The bound the gateway sees: the rest of the context window (the client set none).
+        self.declared_max = window_tokens - self.prompts
+        self.generated = np.zeros(n, dtype=np.int64)
+        self.first_s = np.full(n, math.nan)
+        self.last_s = np.full(n, math.nan)
+        self.finished_s = np.full(n, math.nan)
+        self.admitted_s = np.full(n, math.nan)  # when it entered an engine
+
+    def rows(self, indices: np.ndarray) -> Requests:
+        room = self.declared_max[indices] - self.generated[indices]
+        if self.quantiles is not None:  # the gateway's rule (gateway.planning.remaining_tokens)
+            rest = conditional_remaining_rows(self.quantiles[indices], self.generated[indices])
+            remaining = np.minimum(rest, room)
+        else:
+            believed = np.minimum(self.believed[indices], self.declared_max[indices])
+            remaining = believed - self.generated[indices]
+        count, slo = len(indices), self.slo
+        return Requests(
+            arrival_s=self.arrival_s[indices].astype(np.float64),
+            prompt_tokens=self.prompts[indices].astype(np.int64),
+            generated_tokens=self.generated[indices].copy(),
+            remaining_tokens=np.maximum(1, remaining).astype(np.int64),
+            ttft_slo_s=np.full(count, slo.ttft_s),
+            tbt_slo_s=np.full(count, slo.tbt_s),
+            e2e_deadline_s=self.arrival_s[indices] + slo.e2e_s,
+        )
+
+
+class _Instance:
+    """One engine with its GPUs, its governor's state, and (gated) its admission planner."""
+
+    def __init__(self, label: str, profile: EngineProfile, model: IterationTimes | None,
+                 policy: Policy, seed: int, loaded_s: float, ready_s: float) -> None:  # fmt: skip
+        self.label, self.profile, self.model, self.policy = label, profile, model, policy
+        self.engine = Engine(profile, seed=seed, started_s=loaded_s)
+        self.ready_s = ready_s
+        self.active: dict[int, None] = {}  # admitted, unfinished, in admission order
+        self.step: StepResult | None = None  # the iteration under way
+        self.applied_mhz: int | None = None
+        self.last_change_s = -math.inf
+        self.next_decision_s = 0.0
+        self.poked = False
+        self.release_after_s: float | None = None  # draining: hand back once empty after
+        self.released = False
+        self.planner = None
+        if policy.gated and model is not None:
+            shape = EngineShape(profile.max_batch_size, self.engine.kv_capacity_blocks,
+                                profile.tokens_per_block)  # fmt: skip
+            self.planner = AdmissionPlanner(model, shape)
+
+    def board(self, requests: _Requests, now_s: float) -> Board:
+        indices = np.fromiter(self.active, dtype=np.int64, count=len(self.active))
+        running = ~np.isnan(requests.first_s[indices])
+        queued = indices[~running]
+        queued = queued[np.argsort(requests.arrival_s[queued], kind="stable")]
+        return Board(now_s, requests.rows(indices[running]), requests.rows(queued),
+                     self.profile.max_batch_size, self.engine.kv_capacity_blocks,
+                     self.profile.tokens_per_block)  # fmt: skip
+
+    def submit(self, index: int, requests: _Requests, now_s: float) -> None:
+        output = int(requests.outputs[index])
+        self.engine.submit(EngineSequence(str(index), int(requests.prompts[index]), output,
+                                          output))  # fmt: skip
+        self.active[index] = None
+        requests.admitted_s[index] = now_s
+        self.poked = self.policy.gated
+
+    def decide(self, requests: _Requests, now_s: float) -> None:
+        """The governor's pass for this engine, if a window has passed or it was poked."""
+        if now_s < self.next_decision_s and not self.poked:
+            return
+        self.poked = False
+        if now_s >= self.next_decision_s:
+            self.next_decision_s = now_s + WINDOW_S
+        profile, engine = self.profile, self.engine
+        load = EngineLoad(engine.running, profile.max_batch_size, engine.kv_used_blocks,
+                          engine.kv_capacity_blocks)  # fmt: skip
+        latency_s = profile.gpu.clock_switch_latency_s
+        planned = self.board(requests, now_s + latency_s) if self.policy.gated else None
+        target_mhz = self.policy.clock_mhz(profile.gpu.supported_clocks_mhz(), load, planned,
+                                           self.model)  # fmt: skip
+        lowering = self.applied_mhz is not None and target_mhz < self.applied_mhz
+        held = lowering and now_s - self.last_change_s < MIN_DWELL_S
+        if target_mhz != self.applied_mhz and not held:
+            for gpu in engine.gpus:
+                gpu.lock_clock(target_mhz, now_s)
+            self.applied_mhz, self.last_change_s = target_mhz, now_s
+
+    def finish_step(self, requests: _Requests) -> bool:
+        """Stamp the iteration's tokens; whether the board changed."""
+        assert self.step is not None
+        result, self.step = self.step, None
+        now_s, changed = result.ended_s, False
+        for request_id in result.emitted:
+            index = int(request_id)
+            requests.generated[index] += 1
+            if math.isnan(requests.first_s[index]):
+                requests.first_s[index] = now_s
+                changed = True
+            requests.last_s[index] = now_s
+        for request_id in result.finished:
+            index = int(request_id)
+            requests.finished_s[index] = now_s
+            del self.active[index]
+            changed = True
+        self.poked = self.poked or (changed and self.policy.gated)
+        return changed
+
+    def power_w(self) -> float:
+        return 0.0 if self.released else sum(gpu.power_w() for gpu in self.engine.gpus)
+
+    def release(self, now_s: float) -> None:
+        for gpu in self.engine.gpus:
+            gpu.idle_until(now_s)
+        self.released = True
+
+
+class _Scaler:
+    """The live scaler's rule in virtual time: measure, pick, load in the shadow, move."""
+
+    def __init__(self, setup: ScaleSetup, start_label: str) -> None:
+        self.setup = setup
+        self.policy = ScalingPolicy([option.size for option in setup.options], setup.headroom,
+                                    setup.grace_s)  # fmt: skip
+        self.current = setup.option(start_label).size
+        self.next_tick_s = setup.interval_s
+        self.last_arrivals = 0
+        self.loading: _Instance | None = None
 
 
 def simulate(
@@ -70,165 +226,157 @@ def simulate(
     model: IterationTimes | None,
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
+    scaling: ScaleSetup | None = None,
 ) -> Run:
     started_wall_s = time.perf_counter()
     if policy.gated and model is None:
         raise ValueError(f"policy {policy.name} needs the engine's performance model")
-    engine = Engine(profile, seed=seed)
-    clocks_mhz = profile.gpu.supported_clocks_mhz()
-    switch_latency_s = profile.gpu.clock_switch_latency_s
+    if policy.scaling and scaling is None:
+        raise ValueError(f"policy {policy.name} needs the engine sizes it may scale between")
     n = len(workload)
-    arrival, prompts, outputs = workload.arrival_s, workload.prompt_tokens, workload.output_tokens
-    believed = outputs if policy.true_lengths else workload.predicted_tokens
-    # The bound the gateway sees: the rest of the context window (the client set none).
-    declared_max = profile.model.context_window_tokens - prompts
-    generated = np.zeros(n, dtype=np.int64)
-    first_s = np.full(n, math.nan)
-    last_s = np.full(n, math.nan)
-    finished_s = np.full(n, math.nan)
-    admitted_s = np.full(n, math.nan)  # when the request entered the engine
-    active: dict[int, None] = {}  # admitted, unfinished, in admission order
-    waiting: deque[int] = deque()  # at the gateway (gated policies)
-    planner = None
-    if policy.gated and model is not None:
-        shape = EngineShape(profile.max_batch_size, engine.kv_capacity_blocks,
-                            profile.tokens_per_block)  # fmt: skip
-        planner = AdmissionPlanner(model, shape)
-
+    believed = workload.output_tokens if policy.true_lengths else workload.predicted_tokens
     quantiles = None if policy.true_lengths else workload.length_quantiles
+    requests = _Requests(workload, believed, slo, quantiles, profile.model.context_window_tokens)
+    arrival = workload.arrival_s
+    routed = _Instance(profile.name, profile, model, policy, seed, 0.0, 0.0)
+    instances = [routed]
+    scaler = None
+    if policy.scaling and scaling is not None:
+        start = next(o for o in scaling.options if o.profile_name == profile.name)
+        routed.label = start.size.label
+        scaler = _Scaler(scaling, start.size.label)
+    waiting: deque[int] = deque()  # at the gateway (gated policies)
+    series: list[tuple[float, int, float, int]] = []
+    moves: list[tuple[float, str]] = []
+    next_sample_s = 0.0
+    next_arrival = 0
+    reported = 0
+    now_s = 0.0
+    board_changed = False
 
-    def rows(indices: np.ndarray) -> Requests:
-        room = declared_max[indices] - generated[indices]
-        if quantiles is not None:  # the gateway's rule (gateway.planning.remaining_tokens)
-            remaining = np.minimum(
-                conditional_remaining_rows(quantiles[indices], generated[indices]), room
-            )
-        else:
-            remaining = np.minimum(believed[indices], declared_max[indices]) - generated[indices]
-        count = len(indices)
-        return Requests(
-            arrival_s=arrival[indices].astype(np.float64),
-            prompt_tokens=prompts[indices].astype(np.int64),
-            generated_tokens=generated[indices].copy(),
-            remaining_tokens=np.maximum(1, remaining).astype(np.int64),
-            ttft_slo_s=np.full(count, slo.ttft_s),
-            tbt_slo_s=np.full(count, slo.tbt_s),
-            e2e_deadline_s=arrival[indices] + slo.e2e_s,
-        )
-
-    def board(now_s: float) -> Board:
-        indices = np.fromiter(active, dtype=np.int64, count=len(active))
-        running = ~np.isnan(first_s[indices])
-        queued = indices[~running]
-        queued = queued[np.argsort(arrival[queued], kind="stable")]
-        return Board(now_s, rows(indices[running]), rows(queued), profile.max_batch_size,
-                     engine.kv_capacity_blocks, profile.tokens_per_block)  # fmt: skip
-
-    def submit(index: int) -> None:
-        nonlocal poked
-        output = int(outputs[index])
-        engine.submit(EngineSequence(str(index), int(prompts[index]), output, output))
-        active[index] = None
-        admitted_s[index] = now_s
-        poked = policy.gated
-
-    def admit_waiting(now_s: float) -> None:
+    def admit_waiting() -> None:
+        planner = routed.planner
         assert planner is not None
-        current = board(now_s)
+        current = routed.board(requests, now_s)
         while waiting:
-            candidate = rows(np.array([waiting[0]]))
+            candidate = requests.rows(np.array([waiting[0]]))
             if current.size and planner.verdict_on(current, candidate) is Verdict.WAIT:
                 return
-            submit(waiting.popleft())  # ADMIT, or LOST: served now, never dropped
+            routed.submit(waiting.popleft(), requests, now_s)  # ADMIT, or LOST: never dropped
             current = current.with_queued(candidate)
 
-    now_s = 0.0
-    next_arrival = 0
-    next_decision_s = 0.0
-    applied_mhz: int | None = None
-    last_change_s = -math.inf
-    board_changed = False
-    poked = False  # the gateway pokes the governor when a request joins or leaves
-    series: list[tuple[float, int, float]] = []
-    reported = 0
     while True:
+        for instance in instances:  # iterations that have ended
+            if instance.step is not None and instance.step.ended_s <= now_s:
+                board_changed |= instance.finish_step(requests) and instance is routed
         while next_arrival < n and arrival[next_arrival] <= now_s:
             if policy.gated:
                 waiting.append(next_arrival)
-            else:
-                submit(next_arrival)
-            next_arrival += 1
-            board_changed = True
-        if waiting and board_changed:
-            admit_waiting(now_s)
-        board_changed = False
-        if now_s >= next_decision_s or poked:
-            poked = False
-            load = EngineLoad(engine.running, profile.max_batch_size, engine.kv_used_blocks,
-                              engine.kv_capacity_blocks)  # fmt: skip
-            planned = board(now_s + switch_latency_s) if policy.gated else None
-            target_mhz = policy.clock_mhz(clocks_mhz, load, planned, model)
-            lowering = applied_mhz is not None and target_mhz < applied_mhz
-            held = lowering and now_s - last_change_s < MIN_DWELL_S
-            if target_mhz != applied_mhz and not held:
-                for gpu in engine.gpus:
-                    gpu.lock_clock(target_mhz, now_s)
-                applied_mhz, last_change_s = target_mhz, now_s
-            if now_s >= next_decision_s:  # a window's end (a poke decides in between)
-                power_w = sum(gpu.power_w() for gpu in engine.gpus)
-                series.append((now_s, engine.clock_mhz(now_s), power_w))
-                next_decision_s = now_s + WINDOW_S
-        if engine.has_work:
-            result = engine.step(now_s)
-            now_s = result.ended_s
-            for request_id in result.emitted:
-                index = int(request_id)
-                generated[index] += 1
-                if math.isnan(first_s[index]):
-                    first_s[index] = now_s
-                    board_changed = True
-                last_s[index] = now_s
-            for request_id in result.finished:
-                index = int(request_id)
-                finished_s[index] = now_s
-                del active[index]
                 board_changed = True
-                poked = policy.gated
-        elif next_arrival >= n and not waiting:
-            break
-        else:
-            upcoming_s = arrival[next_arrival] if next_arrival < n else math.inf
-            now_s = max(now_s, min(upcoming_s, next_decision_s))
+            else:
+                routed.submit(next_arrival, requests, now_s)
+            next_arrival += 1
+        if scaler is not None:
+            moved = _scale(scaler, instances, routed, policy, seed, next_arrival, now_s)
+            if moved is not routed:
+                routed, board_changed = moved, True
+                moves.append((now_s, routed.label))
+        if waiting and board_changed:
+            admit_waiting()
+        board_changed = False
+        live = [instance for instance in instances if not instance.released]
+        for instance in live:
+            if instance.step is not None or now_s < instance.ready_s:
+                continue
+            instance.decide(requests, now_s)
+            if instance.engine.has_work:
+                instance.step = instance.engine.step(now_s)
+            elif instance.release_after_s is not None and now_s >= instance.release_after_s:
+                instance.release(now_s)
+        live = [instance for instance in live if not instance.released]
+        if now_s >= next_sample_s:
+            held = sum(instance.profile.tensor_parallel for instance in live)
+            power_w = sum(instance.power_w() for instance in live)
+            series.append((now_s, routed.engine.clock_mhz(now_s), power_w, held))
+            next_sample_s = now_s + WINDOW_S
+        busy = [instance.step.ended_s for instance in live if instance.step is not None]
+        if next_arrival >= n and not waiting and not busy:
+            break  # nothing under way, nothing to come: every engine is empty
+        upcoming = [next_sample_s, *busy]
+        if next_arrival < n:
+            upcoming.append(arrival[next_arrival])
+        idle = [i for i in live if i.step is None and i.ready_s <= now_s]
+        upcoming += [i.next_decision_s for i in idle]
+        upcoming += [i.ready_s for i in live if i.ready_s > now_s]
+        upcoming += [i.release_after_s for i in idle if i.release_after_s is not None]
+        if scaler is not None:
+            upcoming.append(scaler.next_tick_s)
+        now_s = max(now_s, min(upcoming))
         if progress is not None and next_arrival * 100 // max(n, 1) > reported:
             reported = next_arrival * 100 // max(n, 1)
             progress(next_arrival / n)
-    for gpu in engine.gpus:
-        gpu.idle_until(now_s)
-    return _run(policy, workload, slo, engine, admitted_s, first_s, last_s, finished_s,
-                generated, series, time.perf_counter() - started_wall_s)  # fmt: skip
+    for instance in instances:
+        if not instance.released:
+            instance.release(now_s)
+    energy_j = sum(gpu.energy_mj() for i in instances for gpu in i.engine.gpus) / 1000
+    return _run(policy, workload, slo, requests, energy_j, series, moves,
+                time.perf_counter() - started_wall_s)  # fmt: skip
+
+
+def _scale(scaler: _Scaler, instances: list[_Instance], routed: _Instance, policy: Policy,
+           seed: int, arrivals: int, now_s: float) -> _Instance:  # fmt: skip
+    """The scaler's round, if due; the engine new requests go to after it."""
+    loading = scaler.loading
+    if loading is not None and now_s >= loading.ready_s:  # loaded: move the route
+        scaler.loading = None
+        return _move(scaler, routed, loading, now_s)
+    if now_s < scaler.next_tick_s:
+        return routed
+    setup = scaler.setup
+    rate_rps = (arrivals - scaler.last_arrivals) / setup.interval_s
+    scaler.last_arrivals, scaler.next_tick_s = arrivals, now_s + setup.interval_s
+    if loading is not None:  # the live scaler finishes a move before its next round
+        return routed
+    target = scaler.policy.target(rate_rps, scaler.current, now_s)
+    if target == scaler.current:
+        return routed
+    scaler.current = target
+    kept = next((i for i in instances if i.label == target.label and not i.released), None)
+    if kept is not None:  # still draining: take it back without a load
+        kept.release_after_s = None
+        return _move(scaler, routed, kept, now_s)
+    option = setup.option(target.label)
+    scaler.loading = _Instance(target.label, option.profile, option.model, policy, seed,
+                               loaded_s=now_s, ready_s=now_s + setup.load_s)  # fmt: skip
+    instances.append(scaler.loading)
+    return routed
+
+
+def _move(scaler: _Scaler, old: _Instance, new: _Instance, now_s: float) -> _Instance:
+    old.release_after_s = now_s + scaler.setup.drain_s
+    return new
 
 
 def _run(
     policy: Policy,
     workload: Workload,
     slo: Slo,
-    engine: Engine,
-    admitted_s: np.ndarray,
-    first_s: np.ndarray,
-    last_s: np.ndarray,
-    finished_s: np.ndarray,
-    generated: np.ndarray,
-    series: list[tuple[float, int, float]],
+    requests: _Requests,
+    energy_j: float,
+    series: list[tuple[float, int, float, int]],
+    moves: list[tuple[float, str]],
     wall_s: float,
 ) -> Run:
-    ttft_s = first_s - workload.arrival_s
-    tbt_s = np.where(generated > 1, (last_s - first_s) / np.maximum(generated - 1, 1), 0.0)
-    e2e_s = finished_s - workload.arrival_s
+    ttft_s = requests.first_s - workload.arrival_s
+    generated = requests.generated
+    tbt_s = np.where(generated > 1,
+                     (requests.last_s - requests.first_s) / np.maximum(generated - 1, 1), 0.0)  # fmt: skip
+    e2e_s = requests.finished_s - workload.arrival_s
     met = (ttft_s <= slo.ttft_s) & (tbt_s <= slo.tbt_s) & (e2e_s <= slo.e2e_s)
-    t_s, clock_mhz, power_w = (np.array(column) for column in zip(*series, strict=True))
+    t_s, clock_mhz, power_w, gpus = (np.array(column) for column in zip(*series, strict=True))
     return Run(
         policy=policy.name,
-        energy_j=sum(gpu.energy_mj() for gpu in engine.gpus) / 1000,
+        energy_j=energy_j,
         ttft_s=ttft_s,
         tbt_s=tbt_s,
         e2e_s=e2e_s,
@@ -239,7 +387,9 @@ def _run(
         series_t_s=t_s,
         series_clock_mhz=clock_mhz,
         series_power_w=power_w,
-        queue_s=admitted_s - workload.arrival_s,
+        series_gpus=gpus,
+        queue_s=requests.admitted_s - workload.arrival_s,
+        moves=moves,
     )
 
 
