@@ -11,7 +11,7 @@ UV_PIP = $(BIN)/uv pip install --quiet --python $(BIN)/python
 run: $(VENV)/.installed-twin
 	$(BIN)/throttllem run
 
-test: $(VENV)/.installed-twin-dev-training
+test: $(VENV)/.installed-twin-dev-training-reports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

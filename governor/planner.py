@@ -100,13 +100,20 @@ class CheckResult:
 class _Timeline:
     """What does not depend on the clock, computed once per board."""
 
-    def __init__(self, board: Board, horizon: int) -> None:
+    def __init__(self, board: Board, horizon: int, same_work_as: _Timeline | None = None) -> None:
+        """`same_work_as`: a timeline of a board that differs from this one only in its
+        promises, whose projection (and its binding to a model) is then reused."""
         running, queued = board.running, board.queued
         self.board = board
         self.running = len(board.running)
-        needed = int(np.max(board.running.remaining_tokens, initial=1))
-        needed = max(needed, int(np.sum(board.queued.remaining_tokens)) + needed)
-        self.projection: Projection = project(board, max(1, min(horizon, needed)))
+        self._runs: tuple[IterationTimes, _Runs] | None = None
+        if same_work_as is not None:
+            self.projection: Projection = same_work_as.projection
+            self._runs = same_work_as._runs
+        else:
+            needed = int(np.max(board.running.remaining_tokens, initial=1))
+            needed = max(needed, int(np.sum(board.queued.remaining_tokens)) + needed)
+            self.projection = project(board, max(1, min(horizon, needed)))
         p = self.projection
         overflow = p.kv_blocks - board.kv_capacity_blocks
         self.kv_overflow_blocks = int(max(0, overflow.max(initial=0)))
@@ -134,7 +141,6 @@ class _Timeline:
             np.minimum(p.end - 1, last),
             np.maximum(p.end - 1 - last, 0),
         )
-        self._runs: tuple[IterationTimes, _Runs] | None = None
 
     def _runs_for(self, model: IterationTimes) -> _Runs:
         if self._runs is None or self._runs[0] is not model:
@@ -287,7 +293,11 @@ class FrequencyDecision:
 
 
 def lowest_frequency(
-    board: Board, model: IterationTimes, horizon: int = DEFAULT_HORIZON, margin: float = 0.0
+    board: Board,
+    model: IterationTimes,
+    horizon: int = DEFAULT_HORIZON,
+    margin: float = 0.0,
+    near_index: int | None = None,
 ) -> FrequencyDecision:
     """Binary search over the clocks for the lowest at which the board is feasible
     (feasibility is monotone in the clock: a faster clock never makes an iteration slower),
@@ -296,28 +306,56 @@ def lowest_frequency(
 
     With a `margin`, every promise is planned `with_margin`, except one the highest clock
     can keep only without its margin: that one is planned on its real budget. Only a promise
-    lost on its real budget is renegotiated."""
+    lost on its real budget is renegotiated.
+
+    `near_index` (the last decision's clock) only makes the search faster: the answer
+    rarely moves far between two decisions, so the search starts from there."""
     top = len(model.clocks_mhz) - 1
     timeline = _Timeline(with_margin(board, margin), horizon)
+    if timeline.kv_overflow_blocks:  # the same at every clock
+        return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
     if margin > 0 and not timeline.feasible(model, top):
         short = timeline.check(model, top).worst_miss_s > TOLERANCE_S
-        timeline = _Timeline(_margin_where(board, margin, ~short), horizon)
+        timeline = _Timeline(_margin_where(board, margin, ~short), horizon, timeline)
     lost = not timeline.feasible(model, top)
     if lost:
         at_top = timeline.check(model, top)
-        if at_top.kv_overflow_blocks:
-            return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
-        timeline = _Timeline(renegotiated(timeline.board, at_top), horizon)
+        timeline = _Timeline(renegotiated(timeline.board, at_top), horizon, timeline)
         if not timeline.feasible(model, top):  # only rounding could get here
             return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
-    low, high = 0, top  # high is feasible
-    while low < high:
+    low, high = _bracket(timeline, model, top, near_index)
+    while low < high:  # high is feasible, everything below low is not
         middle = (low + high) // 2
         if timeline.feasible(model, middle):
             high = middle
         else:
             low = middle + 1
     return FrequencyDecision(high, int(model.clocks_mhz[high]), lost=lost)
+
+
+def _bracket(
+    timeline: _Timeline, model: IterationTimes, top: int, near: int | None
+) -> tuple[int, int]:
+    """(low, high) with high feasible and every clock below low infeasible: the whole
+    range, or, from a hint, a range that grows by doubling steps away from it."""
+    if near is None or not 0 <= near < top:
+        return 0, top
+    step = 1
+    if timeline.feasible(model, near):
+        high = near
+        while high > 0:
+            below = max(0, high - step)
+            if not timeline.feasible(model, below):
+                return below + 1, high
+            high, step = below, step * 2
+        return 0, 0
+    low = near + 1
+    while low < top:
+        above = min(top, low + step - 1)
+        if timeline.feasible(model, above):
+            return low, above
+        low, step = above + 1, step * 2
+    return top, top
 
 
 @dataclass(frozen=True)

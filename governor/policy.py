@@ -74,6 +74,7 @@ class PlannerPolicy:
         self._margin = margin
         self.last_reason = ""
         self.last_decision: FrequencyDecision | None = None
+        self._previous: FrequencyDecision | None = None  # where the next search starts
 
     async def target_clock_mhz(self, supported_clocks_mhz: Sequence[int], now_s: float) -> int:
         highest = max(supported_clocks_mhz)
@@ -92,8 +93,9 @@ class PlannerPolicy:
         if any(entry.predicted_tokens is None for entry in entries):
             return self._because("no length prediction", highest)
         board = self._board_of(entries, now_s)
-        decision = lowest_frequency(board, self._model, self._horizon, self._margin)
-        self.last_decision = decision
+        near = self._previous.clock_index if self._previous is not None else None
+        decision = lowest_frequency(board, self._model, self._horizon, self._margin, near)
+        self.last_decision = self._previous = decision
         reason = "planned, lost promises renegotiated" if decision.lost else "planned"
         return self._because(reason, self._clock_mapping(decision.clock_mhz, supported_clocks_mhz))
 

@@ -149,30 +149,38 @@ def conditional_remaining(quantiles: Sequence[int], generated: int) -> int:
 
 
 def conditional_remaining_rows(quantiles: np.ndarray, generated: np.ndarray) -> np.ndarray:
-    """`conditional_remaining` for many requests at once: one row of lengths each."""
+    """`conditional_remaining` for many requests at once: one row of lengths each.
+
+    Per row, a piecewise-linear CDF through (0, 0) and (length at level, level): the
+    share already passed is read off it at `generated`, and the median of what is left is
+    read back. The levels are shared, so the way back is one search for all rows."""
     lengths = np.maximum.accumulate(np.asarray(quantiles, dtype=np.float64), axis=1)
+    count, points = lengths.shape[0], lengths.shape[1] + 1
     levels = np.asarray(PLANNING_LEVELS, dtype=np.float64)
-    grid = np.hstack([np.zeros((len(lengths), 1)), lengths])  # lengths at cdf below
+    grid = np.empty((count, points))  # the lengths at the CDF's points
+    grid[:, 0] = 0.0
+    grid[:, 1:] = lengths
     cdf = np.concatenate([[0.0], levels])
     done = np.asarray(generated, dtype=np.float64)
-    passed = _piecewise(done, grid, np.broadcast_to(cdf, grid.shape))
+    rows = np.arange(count)
+    # The share passed: F(done), clamped to the last level.
+    # (np.clip costs more than the two bounds it applies)
+    segment = np.minimum(np.maximum((grid <= done[:, None]).sum(axis=1) - 1, 0), points - 2)
+    x0, x1 = grid[rows, segment], grid[rows, segment + 1]
+    share = np.minimum(np.maximum((done - x0) / np.where(x1 > x0, x1 - x0, 1.0), 0.0), 1.0)
+    passed = np.where(x1 > x0, cdf[segment] + share * (cdf[segment + 1] - cdf[segment]),
+                      cdf[segment + 1])  # fmt: skip
     target = passed + 0.5 * (1.0 - passed)
-    length = _piecewise(target, np.broadcast_to(cdf, grid.shape), grid)
+    # The length at `target`: F^-1 on the shared levels.
+    back = np.minimum(np.searchsorted(cdf, target, side="right") - 1, points - 2)
+    c0, c1 = cdf[back], cdf[back + 1]
+    y0, y1 = grid[rows, back], grid[rows, back + 1]
+    length = y0 + np.minimum((target - c0) / (c1 - c0), 1.0) * (y1 - y0)
     slope = (lengths[:, -1] - lengths[:, -2]) / (levels[-1] - levels[-2])
     beyond = target > levels[-1]
     tail_from = np.maximum(lengths[:, -1], done)
     length = np.where(beyond, tail_from + slope * (target - levels[-1]), length)
     return np.maximum(1, np.ceil(length) - done).astype(np.int64)
-
-
-def _piecewise(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """Per row i, interpolate x[i] on the points (xp[i], fp[i]); clamped at both ends."""
-    segment = np.clip((xp <= x[:, None]).sum(axis=1) - 1, 0, xp.shape[1] - 2)
-    rows = np.arange(len(x))
-    x0, x1 = xp[rows, segment], xp[rows, segment + 1]
-    y0, y1 = fp[rows, segment], fp[rows, segment + 1]
-    share = np.clip((x - x0) / np.where(x1 > x0, x1 - x0, 1.0), 0.0, 1.0)
-    return np.where(x1 > x0, y0 + share * (y1 - y0), y1)
 
 
 class LengthPredictor:

@@ -9,12 +9,6 @@ from typing import Any
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
-# Parts of the replay issue still to come; asking for them fails clearly, it does not
-# quietly run something else.
-_NOT_YET = {
-    "throttllem+scale": "the policy with instance scaling",
-}
-
 
 def add_replay_command(commands: Subparsers) -> None:
     from throttllem.replay.report import DEFAULT_POLICIES
@@ -44,7 +38,7 @@ def add_replay_command(commands: Subparsers) -> None:
                         help="replay only the first seconds of the scaled trace")  # fmt: skip
     replay.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                         help="comma-separated: max, static:<MHz>, static-best, reactive, "
-                        "throttllem, oracle")  # fmt: skip
+                        "throttllem, throttllem+scale, oracle")  # fmt: skip
     replay.add_argument("--lengths", default="noisy:0.3",
                         help="what the gateway believes: oracle, noisy:<p95 relative error>, or "
                         "model (AlpacaEval prompts through the shipped length model; default: "
@@ -53,6 +47,9 @@ def add_replay_command(commands: Subparsers) -> None:
                         help="folder of AlpacaEval <model>.json files, for --lengths model")  # fmt: skip
     replay.add_argument("--seed", type=int, default=0)
     replay.add_argument("--json", type=Path, default=None, help="write the report here")
+    replay.add_argument("--plots", type=Path, default=None, metavar="DIR",
+                        help="write PNG plots here: clock and power over time, latency CDFs, "
+                        "energy and tokens per joule (needs the reports extra: matplotlib)")  # fmt: skip
     replay.add_argument("--live", default=None, metavar="URL",
                         help="drive a running gateway instead (not available yet)")  # fmt: skip
     replay.set_defaults(handler=_replay)
@@ -61,14 +58,13 @@ def add_replay_command(commands: Subparsers) -> None:
 def _replay(args: argparse.Namespace) -> int:
     from simulator.profile import UnknownProfileError
     from simulator.traces import TraceError
+    from throttllem.replay.plots import PlotsUnavailableError
     from throttllem.replay.report import ReplayOptions, markdown_table, replay, write_json
 
     policies = [name.strip() for name in args.policies.split(",") if name.strip()]
-    missing = [_NOT_YET[p] for p in (*policies, args.lengths) if p in _NOT_YET]
     if args.live:
-        missing.append("--live (driving a running gateway over HTTP)")
-    if missing:
-        print(f"throttllem replay: not available yet: {'; '.join(missing)}", file=sys.stderr)
+        print("throttllem replay: not available yet: --live (driving a running gateway "
+              "over HTTP)", file=sys.stderr)  # fmt: skip
         return 2
     rate: str | float = args.rate
     if rate != "peak":
@@ -80,11 +76,11 @@ def _replay(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         trace=args.trace, trace_format=args.trace_format, profile=args.profile, rate=rate,
         duration_s=args.duration_s, policies=policies, lengths=args.lengths, seed=args.seed,
-        alpaca_eval_dir=args.alpaca_eval,
+        alpaca_eval_dir=args.alpaca_eval, plots_dir=args.plots,
     )  # fmt: skip
     try:
         report = replay(options, progress=sys.stderr.isatty())
-    except (TraceError, UnknownProfileError, ValueError) as error:
+    except (TraceError, UnknownProfileError, ValueError, PlotsUnavailableError) as error:
         print(f"throttllem replay: {error}", file=sys.stderr)
         return 2
     print(f"{report['engine']}, {report['trace']['file']}: {report['trace']['requests']} "

@@ -106,6 +106,15 @@ def test_the_lowest_frequency_is_feasible_and_the_next_lower_is_not(board: Board
 
 
 @FAST
+@given(boards(), st.integers(-1, len(CLOCKS_MHZ)), st.sampled_from([0.0, 0.2]))
+def test_starting_the_search_near_the_last_clock_finds_the_same_clock(
+    board: Board, near: int, margin: float
+):
+    plain = lowest_frequency(board, MODEL, margin=margin)
+    assert lowest_frequency(board, MODEL, margin=margin, near_index=near) == plain
+
+
+@FAST
 @given(boards(), requests(1, False))
 def test_admitting_never_breaks_an_admitted_promise_at_the_highest_clock(
     board: Board, new: Requests

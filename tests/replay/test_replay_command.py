@@ -20,9 +20,16 @@ def test_a_short_replay_of_every_policy_writes_the_fixed_json(
     alpaca_eval = shared_data("alpaca_eval/llama-2-13b-chat-hf.json").parent
     out = tmp_path / "replay.json"
     command = ["replay", "--trace", str(trace), "--duration-s", "60", "--policies", POLICIES,
-               "--lengths", lengths, "--alpaca-eval", str(alpaca_eval), "--json", str(out)]  # fmt: skip
+               "--lengths", lengths, "--alpaca-eval", str(alpaca_eval), "--json", str(out),
+               "--plots", str(tmp_path / "plots")]  # fmt: skip
     assert main(command) == 0
     report = json.loads(out.read_text())
+    pictures = [Path(path) for path in report["plots"]]
+    assert sorted(path.name for path in pictures) == ["clock_power.png", "energy.png",
+                                                      "latency_cdfs.png"]  # fmt: skip
+    for picture in pictures:
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert picture.stat().st_size > 10_000  # drawn, not an empty canvas
     assert {"engine", "trace", "rate_rps", "capacity_rps", "slo", "policies"} <= set(report)
     assert report["trace"]["lengths"] == lengths
     assert report["slo"]["tbt_ms"] == 200

@@ -13,6 +13,7 @@ from simulator.capacity import prefill_s_per_token, saturate
 from simulator.profile import load_profile
 from simulator.traces import read_azure_trace
 from tests.data import shared_data
+from throttllem.replay.plots import binned
 from throttllem.replay.policies import parse_policy
 from throttllem.replay.scaling import EngineOption, ScaleSetup, sibling_profiles
 from throttllem.replay.simulate import Run, Slo, simulate
@@ -138,3 +139,13 @@ def test_scaling_needs_its_sizes():
 
 def test_the_siblings_of_a_profile_are_its_other_tensor_parallel_sizes():
     assert sibling_profiles(PROFILE) == [f"a100-40gb/llama-2-13b/tp{n}" for n in (1, 2, 4)]
+
+
+def test_binned_series_keep_the_time_weighted_mean():
+    t_s = np.array([0.0, 0.1, 0.3, 0.35, 1.0, 2.0])
+    clock = np.array([1410.0, 210.0, 900.0, 600.0, 1410.0, 1410.0])
+    centres, means = binned(t_s, clock, bins=2)
+    assert len(centres) == 2
+    # Bin [0, 1): 0.1 s at 1410, 0.2 s at 210, 0.05 s at 900, 0.65 s at 600.
+    assert means[0] == pytest.approx((0.1 * 1410 + 0.2 * 210 + 0.05 * 900 + 0.65 * 600) / 1.0)
+    assert means[1] == pytest.approx(1410)

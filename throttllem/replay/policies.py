@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from governor.planner import lowest_frequency
 from governor.policy import at_or_above
 from predictor.board import Board
@@ -54,9 +56,15 @@ class Policy:
     margin: float = 0.2  # planned clocks keep this share of every budget to spare (settings)
 
     def clock_mhz(
-        self, clocks_mhz: Sequence[int], load: EngineLoad, board: Board | None, model: object
+        self,
+        clocks_mhz: Sequence[int],
+        load: EngineLoad,
+        board: Board | None,
+        model: object,
+        previous_mhz: int | None = None,
     ) -> int:
-        """The clock for the next window. `board` is the planner's view (gated policies)."""
+        """The clock for the next window. `board` is the planner's view (gated policies);
+        `previous_mhz`, the clock chosen last, only speeds the planner's search up."""
         highest = max(clocks_mhz)
         if self.fixed_clock_mhz is not None:
             return self.fixed_clock_mhz
@@ -71,7 +79,10 @@ class Policy:
         if board is None or board.size == 0:
             return highest  # ready for the next arrival's prefill (governor/policy.py)
         # As the live governor (governor/policy.py): lost promises are renegotiated.
-        decision = lowest_frequency(board, model, margin=self.margin)  # type: ignore[arg-type]
+        near = None
+        if previous_mhz is not None:
+            near = int(np.searchsorted(model.clocks_mhz, previous_mhz))  # type: ignore[attr-defined]
+        decision = lowest_frequency(board, model, margin=self.margin, near_index=near)  # type: ignore[arg-type]
         return at_or_above(decision.clock_mhz, clocks_mhz)
 
 

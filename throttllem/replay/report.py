@@ -26,6 +26,7 @@ from predictor.tokenizer import PromptTokenizer
 from simulator.capacity import length_mix, prefill_s_per_token, saturate
 from simulator.profile import EngineProfile, load_profile
 from simulator.traces import Trace
+from throttllem.replay.plots import require_matplotlib, write_plots
 from throttllem.replay.policies import Policy, parse_policy
 from throttllem.replay.scaling import ScaleSetup, scale_setup
 from throttllem.replay.simulate import Run, Slo, simulate
@@ -56,9 +57,12 @@ class ReplayOptions:
     seed: int = 0
     ttft_slo_s: float = DEFAULT_TTFT_SLO_S
     alpaca_eval_dir: Path = Path("../shared/data/alpaca_eval")  # for --lengths model
+    plots_dir: Path | None = None
 
 
 def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
+    if options.plots_dir is not None:
+        require_matplotlib()  # before the runs, not after them
     profile = load_profile(options.profile)
     trace = read_trace(options.trace, options.trace_format)
     window = profile.model.context_window_tokens
@@ -95,6 +99,7 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
         else:
             runs[name] = run(parse_policy(name, clocks))
     span_s = float(workload.arrival_s[-1] - workload.arrival_s[0]) if len(workload) > 1 else 1.0
+    plots = write_plots(runs, slo, options.plots_dir) if options.plots_dir is not None else []
     return {
         "engine": options.profile,
         "trace": {
@@ -120,6 +125,7 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
             name: _policy_report(result, workload.truncated) for name, result in runs.items()
         },
         **({"scaling": _scaling_report(scaling, runs)} if scaling is not None else {}),
+        **({"plots": [str(path) for path in plots]} if plots else {}),
     }
 
 

@@ -97,6 +97,14 @@ class _Requests:
         self.admitted_s = np.full(n, math.nan)  # when it entered an engine
 
     def rows(self, indices: np.ndarray) -> Requests:
+        return self._rows(indices, self._remaining(indices))
+
+    def split_rows(self, first: np.ndarray, then: np.ndarray) -> tuple[Requests, Requests]:
+        """`rows` of two groups, their predictions computed in one pass."""
+        remaining = self._remaining(np.concatenate([first, then]))
+        return self._rows(first, remaining[: len(first)]), self._rows(then, remaining[len(first) :])
+
+    def _remaining(self, indices: np.ndarray) -> np.ndarray:
         room = self.declared_max[indices] - self.generated[indices]
         if self.quantiles is not None:  # the gateway's rule (gateway.planning.remaining_tokens)
             rest = conditional_remaining_rows(self.quantiles[indices], self.generated[indices])
@@ -104,6 +112,9 @@ class _Requests:
         else:
             believed = np.minimum(self.believed[indices], self.declared_max[indices])
             remaining = believed - self.generated[indices]
+        return remaining
+
+    def _rows(self, indices: np.ndarray, remaining: np.ndarray) -> Requests:
         count, slo = len(indices), self.slo
         return Requests(
             arrival_s=self.arrival_s[indices].astype(np.float64),
@@ -143,7 +154,7 @@ class _Instance:
         running = ~np.isnan(requests.first_s[indices])
         queued = indices[~running]
         queued = queued[np.argsort(requests.arrival_s[queued], kind="stable")]
-        return Board(now_s, requests.rows(indices[running]), requests.rows(queued),
+        return Board(now_s, *requests.split_rows(indices[running], queued),
                      self.profile.max_batch_size, self.engine.kv_capacity_blocks,
                      self.profile.tokens_per_block)  # fmt: skip
 
@@ -168,7 +179,7 @@ class _Instance:
         latency_s = profile.gpu.clock_switch_latency_s
         planned = self.board(requests, now_s + latency_s) if self.policy.gated else None
         target_mhz = self.policy.clock_mhz(profile.gpu.supported_clocks_mhz(), load, planned,
-                                           self.model)  # fmt: skip
+                                           self.model, self.applied_mhz)  # fmt: skip
         lowering = self.applied_mhz is not None and target_mhz < self.applied_mhz
         held = lowering and now_s - self.last_change_s < MIN_DWELL_S
         if target_mhz != self.applied_mhz and not held:
