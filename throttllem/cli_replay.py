@@ -51,21 +51,21 @@ def add_replay_command(commands: Subparsers) -> None:
                         help="write PNG plots here: clock and power over time, latency CDFs, "
                         "energy and tokens per joule (needs the reports extra: matplotlib)")  # fmt: skip
     replay.add_argument("--live", default=None, metavar="URL",
-                        help="drive a running gateway instead (not available yet)")  # fmt: skip
+                        help="send the workload to the gateway at URL over HTTP, at its "
+                        "time-scaled arrival times, instead of running the policies on the "
+                        "virtual engine (--profile names the engine behind it, for the "
+                        "capacity and the SLOs)")  # fmt: skip
     replay.set_defaults(handler=_replay)
 
 
 def _replay(args: argparse.Namespace) -> int:
     from simulator.profile import UnknownProfileError
     from simulator.traces import TraceError
+    from throttllem.replay.live import LiveTargetError
     from throttllem.replay.plots import PlotsUnavailableError
     from throttllem.replay.report import ReplayOptions, markdown_table, replay, write_json
 
     policies = [name.strip() for name in args.policies.split(",") if name.strip()]
-    if args.live:
-        print("throttllem replay: not available yet: --live (driving a running gateway "
-              "over HTTP)", file=sys.stderr)  # fmt: skip
-        return 2
     rate: str | float = args.rate
     if rate != "peak":
         try:
@@ -76,11 +76,12 @@ def _replay(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         trace=args.trace, trace_format=args.trace_format, profile=args.profile, rate=rate,
         duration_s=args.duration_s, policies=policies, lengths=args.lengths, seed=args.seed,
-        alpaca_eval_dir=args.alpaca_eval, plots_dir=args.plots,
+        alpaca_eval_dir=args.alpaca_eval, plots_dir=args.plots, live_url=args.live,
     )  # fmt: skip
     try:
         report = replay(options, progress=sys.stderr.isatty())
-    except (TraceError, UnknownProfileError, ValueError, PlotsUnavailableError) as error:
+    except (TraceError, UnknownProfileError, ValueError, PlotsUnavailableError,
+            LiveTargetError) as error:  # fmt: skip
         print(f"throttllem replay: {error}", file=sys.stderr)
         return 2
     print(f"{report['engine']}, {report['trace']['file']}: {report['trace']['requests']} "

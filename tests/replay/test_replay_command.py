@@ -58,7 +58,7 @@ def test_a_short_replay_of_every_policy_writes_the_fixed_json(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--live", "http://127.0.0.1:9"], "--live"),
+        (["--live", "http://127.0.0.1:9"], "no gateway answers"),
         (["--rate", "fast"], "peak or a number"),
         (["--policies", "fastest"], "unknown policy"),
         (["--lengths", "guess"], "unknown lengths"),

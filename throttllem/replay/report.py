@@ -9,7 +9,9 @@ found by a sweep: the lowest fixed clock whose SLO attainment is within
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from predictor.tokenizer import PromptTokenizer
 from simulator.capacity import length_mix, prefill_s_per_token, saturate
 from simulator.profile import EngineProfile, load_profile
 from simulator.traces import Trace
+from throttllem.replay.live import drive
 from throttllem.replay.plots import require_matplotlib, write_plots
 from throttllem.replay.policies import Policy, parse_policy
 from throttllem.replay.scaling import ScaleSetup, scale_setup
@@ -58,6 +61,7 @@ class ReplayOptions:
     ttft_slo_s: float = DEFAULT_TTFT_SLO_S
     alpaca_eval_dir: Path = Path("../shared/data/alpaca_eval")  # for --lengths model
     plots_dir: Path | None = None
+    live_url: str | None = None  # drive this gateway instead of the virtual engine
 
 
 def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
@@ -92,7 +96,15 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
         return result
 
     runs: dict[str, Run] = {}
-    for name in options.policies:
+    live: dict[str, Any] = {}
+    if options.live_url is not None:
+        bar = _ProgressBar("live") if progress else None
+        runs["live"], failed = asyncio.run(drive(options.live_url, workload, slo,
+                                                 bar.update if bar else None))  # fmt: skip
+        if bar:
+            bar.done(runs["live"].wall_s)
+        live = {"live": {"url": options.live_url, "failed": failed}}
+    for name in options.policies if options.live_url is None else ():
         if name == "static-best":
             baseline = runs.get("max") or run(parse_policy("max", clocks))
             runs[name] = _static_best(run, clocks, baseline.met.mean())
@@ -126,6 +138,7 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
         },
         **({"scaling": _scaling_report(scaling, runs)} if scaling is not None else {}),
         **({"plots": [str(path) for path in plots]} if plots else {}),
+        **live,
     }
 
 
@@ -161,10 +174,11 @@ def _planner_model(profile_name: str, profile: EngineProfile) -> TableIterationT
 
 
 def _policy_report(run: Run, truncated: int) -> dict[str, Any]:
+    measured = not math.isnan(run.energy_j) and run.energy_j > 0
     return {
-        "energy_j": run.energy_j,
+        "energy_j": run.energy_j if measured else None,
         "output_tokens": run.output_tokens,
-        "tokens_per_j": run.output_tokens / run.energy_j,
+        "tokens_per_j": run.output_tokens / run.energy_j if measured else None,
         "slo_attainment": float(run.met.mean()),
         "ttft_ms": _summary(run.ttft_s),
         "tbt_ms": _summary(run.tbt_s),
@@ -216,10 +230,14 @@ def markdown_table(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, p in policies.items():
-        change = f"{(p['energy_j'] / max_energy_j - 1) * 100:+.1f} %" if max_energy_j else "—"
+        energy_j = p["energy_j"]
+        change = (f"{(energy_j / max_energy_j - 1) * 100:+.1f} %"
+                  if max_energy_j and energy_j is not None else "—")  # fmt: skip
         label = name if p["clock"] == name else f"{name} ({p['clock']})"
+        kilojoules = f"{energy_j / 1000:.1f}" if energy_j is not None else "—"
+        tokens_per_j = f"{p['tokens_per_j']:.3f}" if p["tokens_per_j"] is not None else "—"
         rows.append(
-            f"| {label} | {p['energy_j'] / 1000:.1f} | {change} | {p['tokens_per_j']:.3f} "
+            f"| {label} | {kilojoules} | {change} | {tokens_per_j} "
             f"| {p['slo_attainment'] * 100:.1f} % | {p['ttft_ms']['p99']:.0f} "
             f"| {p['tbt_ms']['p99']:.0f} | {p['e2e_ms']['p99']:.0f} | {p['mean_freq_mhz']:.0f} "
             f"| {p['wall_s']:.1f} |"
@@ -228,7 +246,18 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(json.dumps(_without_nan(report), indent=2, allow_nan=False) + "\n")
+
+
+def _without_nan(value: Any) -> Any:
+    """What was not measured (NaN) is null in the JSON, which has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nan(item) for item in value]
+    return value
 
 
 class _ProgressBar:
