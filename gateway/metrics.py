@@ -113,6 +113,13 @@ class GatewayMetrics:
         self.registry.register(_GovernorCollector(status))
 
 
+def governor_registry(status: GovernorStatus) -> CollectorRegistry:
+    """The governor's gauges alone: what `throttllem govern` serves on its metrics port."""
+    registry = CollectorRegistry()
+    registry.register(_GovernorCollector(status))
+    return registry
+
+
 class _GovernorCollector(Collector):
     def __init__(self, status: GovernorStatus) -> None:
         self._status = status

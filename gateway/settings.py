@@ -185,6 +185,13 @@ class Settings(BaseSettings):
         description="Microseconds a prompt token adds to its iteration at the highest clock "
         "(the decode profile leaves prefill out); `throttllem run` measures the twin's.",
     )
+    governor_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port on which `throttllem govern` serves Prometheus metrics (clock, "
+        "power, energy, decisions), at `host`; none: no endpoint.",
+    )
     gpu_switch_latency_ms: float = Field(
         200.0,
         ge=0,

@@ -22,8 +22,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from prometheus_client import start_http_server
 from pydantic import ValidationError
 
+from gateway.metrics import governor_registry
 from gateway.planning import AdmissionPlanner, EngineShape
 from gateway.predictions import load_predictions
 from gateway.settings import GpuBackendKind, Settings
@@ -32,7 +34,7 @@ from gateway.state_redis import RedisStateStore
 from governor.gpu.base import GpuClock, GpuError
 from governor.iteration_times import TableIterationTimes
 from governor.leadership import LeaderElection, RedisLeaderLock, default_holder_id
-from governor.loop import ClockGovernor
+from governor.loop import ClockGovernor, GovernorStatus
 from governor.policy import PlannerPolicy, store_reader
 from governor.scaler import InstanceScaler
 from governor.scaling_redis import RedisScalingChannel
@@ -173,6 +175,8 @@ async def run_governor(settings: Settings, heartbeat: Heartbeat) -> int:
         switch_latency_s=settings.gpu_switch_latency_ms / 1000,
         on_decision=heartbeat.beat, may_actuate=still_leading,
     )  # fmt: skip
+    if settings.governor_metrics_port is not None:
+        _serve_metrics(governor.status, settings.host, settings.governor_metrics_port)
     tasks: list[asyncio.Task[None]] = []
 
     async def on_elected(token: int) -> None:
@@ -228,6 +232,17 @@ async def _scaler(settings: Settings, still_leading: Callable[[], Awaitable[bool
         await scaler.run(settings.triton_model)
     finally:
         await channel.aclose()
+
+
+def _serve_metrics(status: GovernorStatus, host: str, port: int) -> None:
+    """Prometheus metrics from a thread; a port that cannot be bound costs the metrics,
+    never the governing."""
+    try:
+        start_http_server(port, addr=host, registry=governor_registry(status))
+    except OSError as error:
+        log.error("governor: no metrics endpoint on %s:%d: %s", host, port, error)
+        return
+    log.info("governor: metrics on http://%s:%d/metrics", host, port)
 
 
 def _stopping(stop: asyncio.Event) -> None:
