@@ -166,9 +166,7 @@ def _state_store(settings: Settings, metrics: GatewayMetrics) -> StateStore:
     redis = RedisStateStore.connect(
         settings.redis_url, settings.instance, settings.state_entry_ttl_s
     )
-    store = FailoverStateStore(redis)
-    metrics.watch_state_store(lambda: store.degraded)
-    return store
+    return FailoverStateStore(redis, on_degraded=metrics.watch_state_store())
 
 
 def _planner(settings: Settings, predictions: Predictions) -> AdmissionPlanner | None:

@@ -6,7 +6,8 @@ and serves from the mirror: the scoreboard then holds only this worker's request
 the governor, reading `degraded`, holds the highest clock. Every `retry_every_s`
 (checked lazily on calls) it pings the primary; once it answers, the still-live local
 entries are pushed back, the ids removed meanwhile are removed there too, and it
-switches back. No call raises `StateStoreError`.
+switches back. No call raises `StateStoreError`. `on_degraded` hears of each switch
+(True when it degrades, False when it recovers).
 
 Versions: a snapshot's version is `2 * v` when read from the primary and `2 * v + 1`
 from the local store, so a version read on one side never matches on the other, and an
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.state import MemoryStateStore, RequestEntry, Snapshot, StateStore, StateStoreError
 
@@ -34,8 +35,10 @@ class FailoverStateStore:
         primary: StateStore,
         fallback: MemoryStateStore | None = None,
         retry_every_s: float = 2.0,
+        on_degraded: Callable[[bool], None] | None = None,
     ) -> None:
         self._primary = primary
+        self._on_degraded = on_degraded
         self._local = fallback if fallback is not None else MemoryStateStore()
         self._retry_every_s = retry_every_s
         self._degraded = False
@@ -127,7 +130,7 @@ class FailoverStateStore:
     async def _degrade(self, exc: StateStoreError) -> None:
         if self._degraded:
             return
-        self._degraded = True
+        self._set_degraded(True)
         self._next_retry_s = time.monotonic() + self._retry_every_s
         local = await self._local.snapshot()
         self._maybe_on_primary = {entry.request_id for entry in local.entries}
@@ -139,6 +142,11 @@ class FailoverStateStore:
             exc,
             self._retry_every_s,
         )
+
+    def _set_degraded(self, degraded: bool) -> None:
+        self._degraded = degraded
+        if self._on_degraded is not None:
+            self._on_degraded(degraded)
 
     async def _maybe_recover(self) -> None:
         if not self._degraded or self._recovering or time.monotonic() < self._next_retry_s:
@@ -168,7 +176,7 @@ class FailoverStateStore:
             live = (await self._local.snapshot()).entries
             todo = [entry for entry in live if _needs_push(pushed.get(entry.request_id), entry)]
             if not todo and not self._pending_removals:
-                self._degraded = False
+                self._set_degraded(False)
                 self._maybe_on_primary = set()
                 logger.warning(
                     "shared state store is back: pushed %d live entries of this worker, "

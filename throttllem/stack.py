@@ -3,6 +3,9 @@
 `run` starts the twin as a child process in a session of its own (so Triton and its
 Python-backend stubs can be stopped as one group), waits until its model is ready,
 then serves the gateway with the embedded governor in this process until Ctrl-C.
+
+`serve --workers N` (N > 1) gives the workers a metrics directory of their own, so that
+each `/metrics` scrape answers with all of them (gateway/metrics.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import httpx
 import uvicorn
 
 from gateway.app import create_app
+from gateway.metrics import MULTIPROC_DIR_VARIABLE
 from gateway.settings import GpuBackendKind, Settings
 
 log = logging.getLogger(__name__)
@@ -52,10 +56,36 @@ def serve_gateway(host: str | None, port: int | None, workers: int = 1) -> int:
         log.error("%d workers need a shared scoreboard: set THROTTLLEM_REDIS_URL", workers)
         return 2
     # Each worker process builds the app from the same THROTTLLEM_* environment.
-    with suppress(KeyboardInterrupt):
+    with shared_metrics_directory(), suppress(KeyboardInterrupt):
         uvicorn.run("gateway.app:create_app", factory=True, host=settings.host,
                     port=settings.port, workers=workers, log_level="warning")  # fmt: skip
     return 0
+
+
+@contextmanager
+def shared_metrics_directory() -> Iterator[Path]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers about to be spawned: the user's if set
+    (created if missing, never removed), else a fresh private one removed on the way out.
+
+    uvicorn spawns its workers (fresh interpreters that inherit this environment), so they
+    import prometheus_client with the variable set and write their values there. This
+    process imported it before, and never writes there.
+    """
+    own = os.environ.get(MULTIPROC_DIR_VARIABLE)
+    if own:
+        directory = Path(own)
+        directory.mkdir(parents=True, exist_ok=True)
+        if any(directory.glob("*.db")):
+            log.warning("%s=%s holds an earlier run's metrics, which the scrapes will add: "
+                        "empty it between runs", MULTIPROC_DIR_VARIABLE, directory)  # fmt: skip
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="throttllem-metrics-") as private:
+        os.environ[MULTIPROC_DIR_VARIABLE] = private
+        try:
+            yield Path(private)
+        finally:
+            del os.environ[MULTIPROC_DIR_VARIABLE]
 
 
 def run_stack(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from gateway.metrics import GatewayMetrics
 from gateway.state import MemoryStateStore, RequestEntry, Snapshot, StateStoreError
 from gateway.state_failover import FailoverStateStore
 from gateway.state_redis import RedisStateStore
@@ -216,3 +217,29 @@ async def test_a_failing_admit_is_refused_and_the_retry_lands_locally():
     assert store.degraded
     await admit(store, entry("a", 0.0))
     assert [e.request_id for e in (await store.snapshot()).entries] == ["a"]
+
+
+async def test_the_degraded_gauge_follows_each_switch_and_only_switches():
+    metrics = GatewayMetrics()
+    heard: list[bool] = []
+    set_gauge = metrics.watch_state_store()
+
+    def on_degraded(degraded: bool) -> None:
+        heard.append(degraded)
+        set_gauge(degraded)
+
+    primary = FlakyStore()
+    store = FailoverStateStore(primary, retry_every_s=RETRY_EVERY_S, on_degraded=on_degraded)
+    assert degraded_gauge(metrics) == 0.0
+    primary.down = True
+    await store.snapshot()
+    await store.snapshot()
+    assert (heard, degraded_gauge(metrics)) == ([True], 1.0)
+    primary.down = False
+    await asyncio.sleep(RETRY_EVERY_S + 0.05)
+    await store.snapshot()
+    assert (heard, degraded_gauge(metrics)) == ([True, False], 0.0)
+
+
+def degraded_gauge(metrics: GatewayMetrics) -> float | None:
+    return metrics.registry.get_sample_value("throttllem_state_store_degraded")
