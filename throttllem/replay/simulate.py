@@ -138,6 +138,7 @@ class _Instance:
         self.active: dict[int, None] = {}  # admitted, unfinished, in admission order
         self.step: StepResult | None = None  # the iteration under way
         self.applied_mhz: int | None = None
+        self.target_mhz: int | None = None  # the last decision (a held one is not applied)
         self.last_change_s = -math.inf
         self.next_decision_s = 0.0
         self.poked = False
@@ -179,7 +180,8 @@ class _Instance:
         latency_s = profile.gpu.clock_switch_latency_s
         planned = self.board(requests, now_s + latency_s) if self.policy.gated else None
         target_mhz = self.policy.clock_mhz(profile.gpu.supported_clocks_mhz(), load, planned,
-                                           self.model, self.applied_mhz)  # fmt: skip
+                                           self.model, self.target_mhz)  # fmt: skip
+        self.target_mhz = target_mhz
         lowering = self.applied_mhz is not None and target_mhz < self.applied_mhz
         held = lowering and now_s - self.last_change_s < MIN_DWELL_S
         if target_mhz != self.applied_mhz and not held:
