@@ -128,6 +128,30 @@ def test_the_governor_lowers_the_clock_when_no_promise_needs_it(stack: Stack):
     assert clock_mhz() == 1410  # idle again: ready for the next arrival
 
 
+def test_a_live_replay_drives_the_gateway_and_reads_its_energy(stack: Stack, tmp_path):
+    """`throttllem replay --live`: every request of a small trace through the gateway, at
+    its arrival time, measured at the client, with the governor's energy from /metrics."""
+    trace = tmp_path / "trace.jsonl"
+    rows = [{"timestamp": 250 * i, "input_length": 40 + i, "output_length": 8} for i in range(24)]
+    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "live.json"
+    command = ["replay", "--trace", str(trace), "--format", "jsonl", "--rate", "4",
+               "--profile", "a100-40gb/llama-2-13b/tp1", "--live", stack.base_url,
+               "--json", str(out)]  # fmt: skip
+    assert main(command) == 0
+    report = json.loads(out.read_text())
+    assert report["live"] == {"url": stack.base_url, "failed": 0}
+    live = report["policies"]["live"]
+    assert list(report["policies"]) == ["live"]
+    assert live["requests"] == 24
+    assert live["output_tokens"] == 24 * 8  # ignore_eos: exactly the trace's lengths
+    assert live["energy_j"] > 0 and live["tokens_per_j"] > 0
+    assert 0 < live["ttft_ms"]["p50"] <= live["e2e_ms"]["p50"]
+    assert 0 <= live["slo_attainment"] <= 1
+    assert 210 <= live["mean_freq_mhz"] <= 1410
+
+
+# Last: it stops the module's stack.
 def test_ctrl_c_stops_everything_and_leaves_no_triton_behind(stack: Stack):
     port = str(stack.triton_http_port)
     assert processes_with_argument("tritonserver", port), "Triton should be running"
@@ -152,26 +176,3 @@ def _parent_of(pid: int) -> int:
 
 if os.environ.get("CI") and not os.path.exists("/proc"):
     raise RuntimeError("these tests read /proc to find leftover processes")
-
-
-def test_a_live_replay_drives_the_gateway_and_reads_its_energy(stack: Stack, tmp_path):
-    """`throttllem replay --live`: every request of a small trace through the gateway, at
-    its arrival time, measured at the client, with the governor's energy from /metrics."""
-    trace = tmp_path / "trace.jsonl"
-    rows = [{"timestamp": 250 * i, "input_length": 40 + i, "output_length": 8} for i in range(24)]
-    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    out = tmp_path / "live.json"
-    command = ["replay", "--trace", str(trace), "--format", "jsonl", "--rate", "4",
-               "--profile", "a100-40gb/llama-2-13b/tp1", "--live", stack.base_url,
-               "--json", str(out)]  # fmt: skip
-    assert main(command) == 0
-    report = json.loads(out.read_text())
-    assert report["live"] == {"url": stack.base_url, "failed": 0}
-    live = report["policies"]["live"]
-    assert list(report["policies"]) == ["live"]
-    assert live["requests"] == 24
-    assert live["output_tokens"] == 24 * 8  # ignore_eos: exactly the trace's lengths
-    assert live["energy_j"] > 0 and live["tokens_per_j"] > 0
-    assert 0 < live["ttft_ms"]["p50"] <= live["e2e_ms"]["p50"]
-    assert 0 <= live["slo_attainment"] <= 1
-    assert 210 <= live["mean_freq_mhz"] <= 1410
