@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
-from throttllem.replay.simulate import Run, Slo
+from throttllem.replay.simulate import Run, Slo, request_latencies
 from throttllem.replay.workload import Workload
 
 CLOCK_SAMPLE_S = 0.5
@@ -168,12 +168,9 @@ def _run(workload: Workload, slo: Slo, outcomes: list[_Outcome],
     finished_s = np.array([o.finished_s for o in outcomes])
     tokens = np.array([o.tokens for o in outcomes])
     failed = np.array([o.failed is not None for o in outcomes])
-    ttft_s = np.where(failed, math.nan, first_s - arrival_s)
-    tbt_s = np.where(tokens > 1, (last_s - first_s) / np.maximum(tokens - 1, 1), 0.0)
-    tbt_s = np.where(failed, math.nan, tbt_s)
-    e2e_s = np.where(failed, math.nan, finished_s - arrival_s)
-    with np.errstate(invalid="ignore"):
-        met = ~failed & (ttft_s <= slo.ttft_s) & (tbt_s <= slo.tbt_s) & (e2e_s <= slo.e2e_s)
+    measured = request_latencies(arrival_s, first_s, last_s, finished_s, tokens, slo)
+    ttft_s, tbt_s, e2e_s = (np.where(failed, math.nan, seconds) for seconds in measured[:3])
+    met = measured[3] & ~failed
     t_s = np.array([t for t, _ in clocks])
     clock_mhz = np.array([c for _, c in clocks])
     run = Run(

@@ -380,12 +380,10 @@ def _run(
     moves: list[tuple[float, str]],
     wall_s: float,
 ) -> Run:
-    ttft_s = requests.first_s - workload.arrival_s
     generated = requests.generated
-    tbt_s = np.where(generated > 1,
-                     (requests.last_s - requests.first_s) / np.maximum(generated - 1, 1), 0.0)  # fmt: skip
-    e2e_s = requests.finished_s - workload.arrival_s
-    met = (ttft_s <= slo.ttft_s) & (tbt_s <= slo.tbt_s) & (e2e_s <= slo.e2e_s)
+    ttft_s, tbt_s, e2e_s, met = request_latencies(workload.arrival_s, requests.first_s,
+                                                  requests.last_s, requests.finished_s,
+                                                  generated, slo)  # fmt: skip
     t_s, clock_mhz, power_w, gpus = (np.array(column) for column in zip(*series, strict=True))
     return Run(
         policy=policy.name,
@@ -404,6 +402,24 @@ def _run(
         queue_s=requests.admitted_s - workload.arrival_s,
         moves=moves,
     )
+
+
+def request_latencies(
+    arrival_s: np.ndarray,
+    first_s: np.ndarray,
+    last_s: np.ndarray,
+    finished_s: np.ndarray,
+    tokens: np.ndarray,
+    slo: Slo,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """TTFT, TBT (the mean gap over the answer), E2E, and whether all three were met
+    (a request never finished, NaN, met none)."""
+    ttft_s = first_s - arrival_s
+    tbt_s = np.where(tokens > 1, (last_s - first_s) / np.maximum(tokens - 1, 1), 0.0)
+    e2e_s = finished_s - arrival_s
+    with np.errstate(invalid="ignore"):
+        met = (ttft_s <= slo.ttft_s) & (tbt_s <= slo.tbt_s) & (e2e_s <= slo.e2e_s)
+    return ttft_s, tbt_s, e2e_s, met
 
 
 def _time_weighted_mean(t_s: np.ndarray, values: np.ndarray) -> float:
