@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -17,6 +15,8 @@ import pytest
 from governor.scaler import InstanceScaler
 from governor.scaling import EngineSize, MemoryScalingChannel, ScalingPolicy
 from governor.triton_repository import RepositoryError, TritonRepository
+from tests.integration.stack import TwinServer as Twin
+from tests.integration.stack import running_twin
 from tests.servers import free_ports, server_process
 
 TOKEN = "scaling-test-token"
@@ -28,35 +28,23 @@ SIZES_JSON = (
 )
 
 
-@dataclass
-class Twin:
-    url: str
-    metrics_url: str
-
-
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
-    http_port, grpc_port, metrics_port, control_port = free_ports(4)
-    command = [
-        sys.executable, "-m", "throttllem", "twin", "--profile", "a100-40gb/llama-2-13b/tp1",
-        "--scale-profiles", "a100-40gb/llama-2-13b/tp2", "--repository-token", TOKEN,
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--metrics-port", str(metrics_port), "--control-port", str(control_port),
-    ]  # fmt: skip
-    log_path = tmp_path_factory.mktemp("twin") / "twin.log"
-    url = f"http://127.0.0.1:{http_port}"
-    with server_process(command, log_path, f"{url}/v2/models/ensemble-tp1/ready", 120,
-                        stop_signal=signal.SIGTERM, stop_timeout_s=60, new_session=True):  # fmt: skip
-        yield Twin(url, f"http://127.0.0.1:{metrics_port}/metrics")
+    with running_twin(tmp_path_factory.mktemp("twin"), "--profile", "a100-40gb/llama-2-13b/tp1",
+                      "--scale-profiles", "a100-40gb/llama-2-13b/tp2", "--repository-token", TOKEN,
+                      ready_model="ensemble-tp1") as server:  # fmt: skip
+        yield server
 
 
 def repository(twin: Twin) -> TritonRepository:
-    return TritonRepository(twin.url, access_header=("triton-access-token", TOKEN))
+    return TritonRepository(twin.triton_url, access_header=("triton-access-token", TOKEN))
 
 
 def generates(twin: Twin, model: str) -> bool:
     body = {"text_input": "hello", "max_tokens": 2, "stream": True}
-    response = httpx.post(f"{twin.url}/v2/models/{model}/generate_stream", json=body, timeout=30)
+    response = httpx.post(
+        f"{twin.triton_url}/v2/models/{model}/generate_stream", json=body, timeout=30
+    )
     return response.status_code == 200 and "text_output" in response.text
 
 
@@ -118,7 +106,7 @@ async def test_a_size_that_cannot_load_leaves_traffic_where_it_was(twin: Twin):
 
 
 async def test_the_repository_api_without_the_token_is_refused_with_a_hint(twin: Twin):
-    repo = TritonRepository(twin.url)
+    repo = TritonRepository(twin.triton_url)
     try:
         with pytest.raises(RepositoryError, match="THROTTLLEM_TRITON_REPOSITORY_TOKEN"):
             await repo.load("ensemble-tp2")
@@ -131,12 +119,12 @@ def test_a_gateway_with_autoscale_moves_its_traffic_to_the_bigger_engine(
 ):
     """The whole loop through `throttllem serve`: the gateway counts arrivals, its scaler
     loads TP2 when the rate passes TP1's capacity, and requests go to TP2."""
-    httpx.post(f"{twin.url}/v2/repository/models/ensemble-tp1/load",
+    httpx.post(f"{twin.triton_url}/v2/repository/models/ensemble-tp1/load",
                headers={"triton-access-token": TOKEN}, timeout=60)  # fmt: skip
     (port,) = free_ports(1)
     env = {key: value for key, value in os.environ.items() if not key.startswith("THROTTLLEM_")}
     env |= {
-        "THROTTLLEM_BACKEND_URL": twin.url,
+        "THROTTLLEM_BACKEND_URL": twin.triton_url,
         "THROTTLLEM_TRITON_MODEL": "ensemble-tp1",
         "THROTTLLEM_AUTOSCALE": "1",
         "THROTTLLEM_ENGINE_SIZES": SIZES_JSON,

@@ -4,44 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from predictor.tokenizer import PromptTokenizer
 from tests.data import shared_data
-from tests.servers import free_ports, server_process
+from tests.integration.stack import TwinServer as Twin
+from tests.integration.stack import running_twin
 
 PROFILE = "a100-40gb/llama-2-13b/tp2"
 RESPONSES = "alpaca_eval/llama-2-13b-chat-hf.json"
 
 
-@dataclass
-class Twin:
-    triton_url: str
-    control_url: str
-
-
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
     responses = shared_data(RESPONSES)
-    http_port, grpc_port, metrics_port, control_port = free_ports(4)
-    command = [
-        sys.executable, "-m", "throttllem", "twin", "--profile", PROFILE,
-        "--responses", str(responses), "--http-port", str(http_port),
-        "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-        "--control-port", str(control_port),
-    ]  # fmt: skip
-    log_path = tmp_path_factory.mktemp("twin") / "twin.log"
-    triton_url = f"http://127.0.0.1:{http_port}"
-    ready_url = f"{triton_url}/v2/models/ensemble/ready"
-    with server_process(command, log_path, ready_url, 120, stop_signal=signal.SIGTERM,
-                        stop_timeout_s=60, new_session=True):  # fmt: skip
-        yield Twin(triton_url, f"http://127.0.0.1:{control_port}")
+    with running_twin(tmp_path_factory.mktemp("twin"), "--profile", PROFILE,
+                      "--responses", str(responses)) as server:  # fmt: skip
+        yield server
 
 
 async def stream_events(client: httpx.AsyncClient, body: dict) -> list[dict]:
