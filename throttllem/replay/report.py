@@ -74,18 +74,21 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
     # Capacity and the E2E SLO on the lengths the engine will really serve (with
     # --lengths model, the recorded answers' rather than the trace's).
     whole = build_workload(trace, 1.0, window, options.lengths, None, options.seed, prompts)
-    mix = Trace(whole.arrival_s, whole.prompt_tokens, whole.output_tokens)
-    saturation = saturate(profile, *length_mix(mix, seed=options.seed), seed=options.seed)
+    mix = length_mix(Trace(whole.arrival_s, whole.prompt_tokens, whole.output_tokens),
+                     seed=options.seed)  # fmt: skip
+    saturation = saturate(profile, *mix, seed=options.seed)
     scale = time_scale(trace.arrival_s, options.rate, saturation.capacity_rps)
     workload = whole.scaled(scale, options.duration_s)
     slo = Slo(options.ttft_slo_s, TBT_SLO_S, saturation.e2e_p99_s)
-    model = _planner_model(options.profile, profile)
+    virtual = options.live_url is None  # live: the gateway plans, not this process
+    model = _planner_model(options.profile, profile) if virtual else None
     clocks = profile.gpu.supported_clocks_mhz()
     scaling = None
-    if any(parse_policy(name, clocks).scaling for name in options.policies
-           if name != "static-best"):  # fmt: skip
-        scaling = scale_setup(options.profile, *length_mix(mix, seed=options.seed),
-                              _planner_model, seed=options.seed)  # fmt: skip
+    if virtual and any(parse_policy(name, clocks).scaling for name in options.policies
+                       if name != "static-best"):  # fmt: skip
+        assert model is not None
+        scaling = scale_setup(options.profile, *mix, _planner_model, seed=options.seed,
+                              measured=(saturation.capacity_rps, model))  # fmt: skip
 
     def run(policy: Policy) -> Run:
         bar = _ProgressBar(policy.name) if progress else None
@@ -104,7 +107,7 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
         if bar:
             bar.done(runs["live"].wall_s)
         live = {"live": {"url": options.live_url, "failed": failed}}
-    for name in options.policies if options.live_url is None else ():
+    for name in options.policies if virtual else ():
         if name == "static-best":
             baseline = runs.get("max") or run(parse_policy("max", clocks))
             runs[name] = _static_best(run, clocks, baseline.met.mean())

@@ -62,16 +62,22 @@ def scale_setup(
     output_tokens: Sequence[int],
     planner_model: Callable[[str, EngineProfile], IterationTimes],
     seed: int = 0,
+    measured: tuple[float, IterationTimes] | None = None,
 ) -> ScaleSetup:
     """Every sibling size, its capacity on this length mix, and its planner model
-    (`planner_model(profile_name, profile)`)."""
+    (`planner_model(profile_name, profile)`). `measured`: `profile_name`'s own capacity
+    and model, when the caller has them already."""
     options = []
     for name in sibling_profiles(profile_name):
         profile = load_profile(name)
-        capacity_rps = saturate(profile, prompt_tokens, output_tokens, seed=seed).capacity_rps
+        if name == profile_name and measured is not None:
+            capacity_rps, model = measured
+        else:
+            capacity_rps = saturate(profile, prompt_tokens, output_tokens, seed=seed).capacity_rps
+            model = planner_model(name, profile)
         label = name.rsplit("/", 1)[1]
         options.append(EngineOption(EngineSize(label, f"ensemble-{label}", capacity_rps), name,
-                                    profile, planner_model(name, profile)))  # fmt: skip
+                                    profile, model))  # fmt: skip
     if len(options) < 2:
         raise ValueError(f"throttllem+scale needs at least two sizes of {profile_name}'s "
                          "model with shipped performance models")  # fmt: skip

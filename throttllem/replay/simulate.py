@@ -251,13 +251,13 @@ def simulate(
     quantiles = None if policy.true_lengths else workload.length_quantiles
     requests = _Requests(workload, believed, slo, quantiles, profile.model.context_window_tokens)
     arrival = workload.arrival_s
-    routed = _Instance(profile.name, profile, model, policy, seed, 0.0, 0.0)
-    instances = [routed]
     scaler = None
+    label = profile.name
     if policy.scaling and scaling is not None:
-        start = next(o for o in scaling.options if o.profile_name == profile.name)
-        routed.label = start.size.label
-        scaler = _Scaler(scaling, start.size.label)
+        label = next(o.size.label for o in scaling.options if o.profile_name == profile.name)
+        scaler = _Scaler(scaling, label)
+    routed = _Instance(label, profile, model, policy, seed, loaded_s=0.0, ready_s=0.0)
+    instances = [routed]
     waiting: deque[int] = deque()  # at the gateway (gated policies)
     series: list[tuple[float, int, float, int]] = []
     moves: list[tuple[float, str]] = []
