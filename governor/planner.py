@@ -264,10 +264,9 @@ def with_margin(board: Board, margin: float) -> Board:
     return replace(board, running=tightened(board.running), queued=tightened(board.queued))
 
 
-def _margin_where(board: Board, margin: float, keep_margin: np.ndarray) -> Board:
-    """`with_margin` for the requests (running, then queued) where `keep_margin` is set;
-    the others keep their real promises."""
-    tight = with_margin(board, margin)
+def _margin_where(board: Board, tight: Board, keep_margin: np.ndarray) -> Board:
+    """`tight` (`board` with_margin) for the requests (running, then queued) where
+    `keep_margin` is set; the others keep their real promises."""
     rows = len(board.running)
 
     def chosen(real: Requests, tightened: Requests, mask: np.ndarray) -> Requests:
@@ -308,15 +307,17 @@ def lowest_frequency(
     can keep only without its margin: that one is planned on its real budget. Only a promise
     lost on its real budget is renegotiated.
 
-    `near_index` (the last decision's clock) only makes the search faster: the answer
-    rarely moves far between two decisions, so the search starts from there."""
+    `near_index` (the last decision's clock) makes the search faster: the answer rarely
+    moves far between two decisions, so the search starts from there. With a model that is
+    monotone in the clock it finds the same clock as the plain search; a learned model is
+    only nearly so, and where the search starts can then move the answer by a step."""
     top = len(model.clocks_mhz) - 1
     timeline = _Timeline(with_margin(board, margin), horizon)
     if timeline.kv_overflow_blocks:  # the same at every clock
         return FrequencyDecision(top, int(model.clocks_mhz[top]), lost=True)
     if margin > 0 and not timeline.feasible(model, top):
         short = timeline.check(model, top).worst_miss_s > TOLERANCE_S
-        timeline = _Timeline(_margin_where(board, margin, ~short), horizon, timeline)
+        timeline = _Timeline(_margin_where(board, timeline.board, ~short), horizon, timeline)
     lost = not timeline.feasible(model, top)
     if lost:
         at_top = timeline.check(model, top)
