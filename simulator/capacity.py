@@ -2,7 +2,8 @@
 
 Capacity is what instance scaling compares the request rate with, and what `replay
 --rate peak` scales a trace to; the p99 end-to-end latency of the same run is the
-paper's E2E SLO. The run is a closed loop in virtual time at the default (highest)
+paper's E2E SLO, and its mean time between tokens is what the interactive regime's TPOT
+SLO is derived from. The run is a closed loop in virtual time at the default (highest)
 clock: requests from a length mix are fed so that the engine's own queue never runs dry
 (`QUEUED` always waiting) but never grows either, so the latencies are those of a full
 engine, not of a backlog. Only completions between the first and last tenth count: the
@@ -12,6 +13,7 @@ ramp-up and the final drain would dilute both figures.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +35,7 @@ class Saturation:
     capacity_rps: float
     e2e_p99_s: float
     requests: int
+    tbt_mean_s: float = float("nan")  # the mean over requests of each one's mean token gap
 
 
 def saturate(
@@ -50,7 +53,8 @@ def saturate(
     mix = [fit_to_window(int(p), int(o), window)[:2]
            for p, o in zip(prompt_tokens, output_tokens, strict=True)]  # fmt: skip
     submitted_s: dict[str, float] = {}
-    finished: list[tuple[float, float]] = []  # (finished at, e2e)
+    first_s: dict[str, float] = {}
+    finished: list[tuple[float, float, float]] = []  # (finished at, e2e, mean token gap)
     now_s = 0.0
 
     def top_up() -> None:
@@ -64,14 +68,22 @@ def saturate(
     while engine.has_work:
         result = engine.step(now_s)
         now_s = result.ended_s
-        finished.extend((now_s, now_s - submitted_s[rid]) for rid in result.finished)
+        if result.prefill_requests:  # started this iteration: the batch's newest entries
+            for rid in result.emitted[len(result.emitted) - result.prefill_requests :]:
+                first_s.setdefault(rid, now_s)
+        for rid in result.finished:
+            tokens = mix[int(rid)][1]
+            gap_s = (now_s - first_s[rid]) / (tokens - 1) if tokens > 1 else math.nan
+            finished.append((now_s, now_s - submitted_s[rid], gap_s))
         top_up()
     first, last = len(finished) // 10, len(finished) * 9 // 10
     steady = finished[first : last + 1]
+    gaps_s = [gap_s for _, _, gap_s in steady if not math.isnan(gap_s)]
     return Saturation(
         capacity_rps=(last - first) / (finished[last][0] - finished[first][0]),
-        e2e_p99_s=float(np.percentile([e2e for _, e2e in steady], 99)),
+        e2e_p99_s=float(np.percentile([e2e for _, e2e, _ in steady], 99)),
         requests=len(mix),
+        tbt_mean_s=float(np.mean(gaps_s)) if gaps_s else math.nan,
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator.gpu import SimulatedGpu
-from simulator.physics import IterationModel, PowerModel
+from simulator.physics import IterationCost, IterationModel, PowerModel
 from simulator.profile import EngineProfile
 
 POLICIES = ("guaranteed_no_evict", "max_utilization")
@@ -177,6 +177,10 @@ class Engine:
         cost = self._model.cost(
             decode_sequences, decode_context_tokens, prefill_tokens, prefill_square, clock_mhz
         )
+        if self._capped:
+            clock_mhz, cost = self._under_cap(clock_mhz, cost, decode_sequences,
+                                              decode_context_tokens, prefill_tokens,
+                                              prefill_square)  # fmt: skip
         noise = self._noise.next()
         duration_s = cost.duration_s * noise
         switch = self._switch_landing(now_s, now_s + duration_s)
@@ -185,6 +189,10 @@ class Engine:
             done = (landed_s - now_s) / duration_s
             rest = self._model.cost(decode_sequences, decode_context_tokens, prefill_tokens,
                                     prefill_square, new_clock_mhz)  # fmt: skip
+            if self._capped:
+                _, rest = self._under_cap(new_clock_mhz, rest, decode_sequences,
+                                          decode_context_tokens, prefill_tokens,
+                                          prefill_square)  # fmt: skip
             duration_s = landed_s - now_s + (1 - done) * rest.duration_s * noise
         for gpu in self.gpus:
             gpu.busy_until(now_s + duration_s, cost.sm_share)
@@ -205,6 +213,23 @@ class Engine:
         )
         self.last_step = result
         return result
+
+    @property
+    def _capped(self) -> bool:
+        return any(gpu.power_limit_w is not None for gpu in self.gpus)
+
+    def _under_cap(
+        self, clock_mhz: int, cost: IterationCost, *work: int
+    ) -> tuple[int, IterationCost]:
+        """The clock and cost of an iteration under the GPUs' power limits: the highest
+        clock whose power at the iteration's own activity fits. A lower clock raises the
+        SM share (SM work stretches as 1/f), so the search repeats until it settles."""
+        for _ in range(8):
+            capped_mhz = min(gpu.clock_under_cap(clock_mhz, cost.sm_share) for gpu in self.gpus)
+            if capped_mhz >= clock_mhz:
+                break
+            clock_mhz, cost = capped_mhz, self._model.cost(*work, capped_mhz)
+        return clock_mhz, cost
 
     def _switch_landing(self, start_s: float, end_s: float) -> tuple[float, int] | None:
         """A clock switch that lands inside an iteration: when, and the instance's clock

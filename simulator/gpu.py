@@ -1,10 +1,17 @@
-"""A simulated GPU: supported clocks, locked clocks with a switch latency, power, energy.
+"""A simulated GPU: supported clocks, locked clocks with a switch latency, a power limit,
+power, energy.
 
-It mirrors what NVML offers for one device. Time is always passed in (`now_s`), so the
+It mirrors what NVML offers for one device. A power limit (as set by
+`nvmlDeviceSetPowerManagementLimit`) acts at once: the firmware throttles within
+milliseconds, so each iteration runs at the highest clock, up to the one in force, whose
+power at that iteration's activity stays under the limit (the engine finds it with
+`clock_under_cap`). Time is always passed in (`now_s`), so the
 same object runs on the virtual clock of a replay and on the wall clock of the twin.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 from simulator.physics import PowerModel
 from simulator.profile import GpuProfile
@@ -12,6 +19,10 @@ from simulator.profile import GpuProfile
 
 class UnsupportedClockError(ValueError):
     """The requested clock is not one of the GPU's supported graphics clocks."""
+
+
+class UnsupportedPowerLimitError(ValueError):
+    """The requested power limit is outside the board's range."""
 
 
 class SimulatedGpu:
@@ -27,6 +38,8 @@ class SimulatedGpu:
         self._accounted_until_s = now_s
         self._power_w = power.idle_w
         self._energy_mj = 0.0
+        self._power_limit_w: float | None = None
+        self._ascending_mhz = sorted(self._supported)
 
     @property
     def default_clock_mhz(self) -> int:
@@ -62,6 +75,38 @@ class SimulatedGpu:
         self._locked_clock_mhz = None
         self._schedule(self.default_clock_mhz, now_s)
 
+    @property
+    def power_limit_w(self) -> float | None:
+        return self._power_limit_w
+
+    def set_power_limit(self, watts: float | None) -> None:
+        """Cap the board's power; None restores the default (no cap below the maximum)."""
+        if (
+            watts is not None
+            and not self.spec.power_limit_min_w <= watts <= self.spec.power_limit_max_w
+        ):
+            raise UnsupportedPowerLimitError(
+                f"{watts:g} W is not a power limit of {self.spec.name} "
+                f"({self.spec.power_limit_min_w:g}-{self.spec.power_limit_max_w:g} W)"
+            )
+        self._power_limit_w = watts
+
+    def clock_under_cap(self, clock_mhz: int, sm_share: float) -> int:
+        """The highest supported clock, up to `clock_mhz`, whose busy power at `sm_share`
+        stays within the power limit (the lowest clock if none does)."""
+        limit_w = self._power_limit_w
+        if limit_w is None or self._power_model.busy_w(clock_mhz, sm_share) <= limit_w:
+            return clock_mhz
+        clocks = self._ascending_mhz
+        low, high = 0, max(0, bisect_right(clocks, clock_mhz) - 1)
+        while low < high:  # the highest index whose power fits; power rises with the clock
+            middle = (low + high + 1) // 2
+            if self._power_model.busy_w(clocks[middle], sm_share) <= limit_w:
+                low = middle
+            else:
+                high = middle - 1
+        return clocks[low]
+
     def power_w(self) -> float:
         return self._power_w
 
@@ -86,6 +131,7 @@ class SimulatedGpu:
             if busy_sm_share is None:
                 self._power_w = self._power_model.idle_w
             else:
+                clock_mhz = self.clock_under_cap(clock_mhz, busy_sm_share)
                 self._power_w = self._power_model.busy_w(clock_mhz, busy_sm_share)
             self._energy_mj += self._power_w * (end_s - start_s) * 1000.0
             self._accounted_until_s = end_s

@@ -40,6 +40,8 @@ class GpuProfile:
     tensor_half_tokens: float
     sm_overhead_per_layer_s: float
     allreduce_latency_s: float
+    power_limit_min_w: float  # the range nvmlDeviceSetPowerManagementLimit accepts
+    power_limit_max_w: float
 
     def supported_clocks_mhz(self) -> list[int]:
         """Supported graphics clocks, highest first, as NVML lists them."""
@@ -67,6 +69,8 @@ class GpuProfile:
             tensor_half_tokens=kernels["tensor_half_tokens"],
             sm_overhead_per_layer_s=kernels["sm_overhead_per_layer_us"] / 1e6,
             allreduce_latency_s=kernels["allreduce_latency_us"] / 1e6,
+            power_limit_min_w=data["power_limit_w"]["min"],
+            power_limit_max_w=data["power_limit_w"]["max"],
         )
 
 

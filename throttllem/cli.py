@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from throttllem.cli_frontier import add_frontier_command
 from throttllem.cli_predictors import (
     add_planner_bench,
     add_predictor_bench,
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     govern.set_defaults(handler=_govern)
     add_replay_command(commands)
+    add_frontier_command(commands)
     return parser
 
 

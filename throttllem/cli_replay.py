@@ -11,7 +11,7 @@ Subparsers = Any  # argparse's _SubParsersAction is private
 
 
 def add_replay_command(commands: Subparsers) -> None:
-    from throttllem.replay.report import DEFAULT_POLICIES
+    from throttllem.replay.report import DEFAULT_POLICIES, SLO_REGIMES
     from throttllem.replay.workload import TRACE_FORMATS
 
     replay = commands.add_parser(
@@ -33,12 +33,21 @@ def add_replay_command(commands: Subparsers) -> None:
                         "output_length} (mooncake, jsonl)")  # fmt: skip
     replay.add_argument("--profile", default="a100-40gb/llama-2-13b/tp2", help="twin engine")
     replay.add_argument("--rate", default="peak",
-                        help="peak (the busiest minute at capacity) or a mean req/s")  # fmt: skip
+                        help="peak (the busiest minute at the saturated throughput: overload) "
+                        "or the replayed span's mean req/s")  # fmt: skip
+    replay.add_argument("--load", type=float, default=None,
+                        help="a share of max's goodput capacity (the highest rate at which "
+                        "max keeps 99 %% of its promises, found by bisection); overrides "
+                        "--rate")  # fmt: skip
+    replay.add_argument("--slo", choices=SLO_REGIMES, default="paper",
+                        help="paper (TBT 200 ms mean, E2E max's p99 under saturation, TTFT 2 s) "
+                        "or interactive (TTFT 1 s, TPOT 1.5 x max's mean under saturation)")  # fmt: skip
     replay.add_argument("--duration-s", type=float, default=None,
                         help="replay only the first seconds of the scaled trace")  # fmt: skip
     replay.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                         help="comma-separated: max, static:<MHz>, static-best, reactive, "
-                        "throttllem, throttllem+scale, oracle")  # fmt: skip
+                        "slo-feedback, power-cap:<W>, power-cap-best, throttllem, "
+                        "throttllem+scale, oracle")  # fmt: skip
     replay.add_argument("--lengths", default="noisy:0.3",
                         help="what the gateway believes: oracle, noisy:<p95 relative error>, or "
                         "model (AlpacaEval prompts through the shipped length model; default: "
@@ -73,8 +82,12 @@ def _replay(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"throttllem replay: --rate is peak or a number, not {rate!r}", file=sys.stderr)
             return 2
+    if args.load is not None and not args.load > 0:
+        print(f"throttllem replay: --load must be positive, not {args.load:g}", file=sys.stderr)
+        return 2
     options = ReplayOptions(
         trace=args.trace, trace_format=args.trace_format, profile=args.profile, rate=rate,
+        load=args.load, slo=args.slo,
         duration_s=args.duration_s, policies=policies, lengths=args.lengths, seed=args.seed,
         alpaca_eval_dir=args.alpaca_eval, plots_dir=args.plots, live_url=args.live,
     )  # fmt: skip
@@ -84,10 +97,12 @@ def _replay(args: argparse.Namespace) -> int:
             LiveTargetError) as error:  # fmt: skip
         print(f"throttllem replay: {error}", file=sys.stderr)
         return 2
+    slo = report["slo"]
+    e2e = f"{slo['e2e_ms'] / 1000:.1f} s" if slo["e2e_ms"] is not None else "TTFT + tokens x TBT"
     print(f"{report['engine']}, {report['trace']['file']}: {report['trace']['requests']} "
           f"requests at {report['rate_rps']:.2f} req/s (capacity {report['capacity_rps']:.2f}); "
-          f"SLOs TTFT {report['slo']['ttft_ms']:.0f} ms, TBT {report['slo']['tbt_ms']:.0f} ms, "
-          f"E2E {report['slo']['e2e_ms'] / 1000:.1f} s; simulated energy")  # fmt: skip
+          f"{slo['regime']} SLOs TTFT {slo['ttft_ms']:.0f} ms, TBT {slo['tbt_ms']:.0f} ms, "
+          f"E2E {e2e}; simulated energy")  # fmt: skip
     print(markdown_table(report), end="")
     if args.json is not None:
         write_json(report, args.json)

@@ -14,7 +14,7 @@ from simulator.profile import load_profile
 from simulator.traces import read_azure_trace
 from tests.data import shared_data
 from throttllem.replay.plots import binned
-from throttllem.replay.policies import parse_policy
+from throttllem.replay.policies import EngineLoad, parse_policy
 from throttllem.replay.scaling import EngineOption, ScaleSetup, sibling_profiles
 from throttllem.replay.simulate import Run, Slo, simulate
 from throttllem.replay.workload import Workload, build_workload, time_scale
@@ -42,8 +42,9 @@ def runs(setting: tuple[Workload, Slo, TableIterationTimes]) -> dict[str, Run]:
     workload, slo, model = setting
     profile = load_profile(PROFILE)
     clocks = profile.gpu.supported_clocks_mhz()
-    names = ["max", "static:1050", "reactive", "throttllem", "oracle"]
-    return {name: simulate(workload, profile, parse_policy(name, clocks), slo, model)
+    names = ["max", "static:1050", "reactive", "slo-feedback", "power-cap:200", "throttllem",
+             "oracle"]  # fmt: skip
+    return {name: simulate(workload, profile, parse_policy(name, clocks, (100, 400)), slo, model)
             for name in names}  # fmt: skip
 
 
@@ -61,8 +62,37 @@ def test_fixed_clocks_hold_and_max_is_the_most_expensive(runs: dict[str, Run]):
     # The first switch takes the GPU's switch latency: a few samples at the default clock.
     assert runs["static:1050"].mean_freq_mhz == pytest.approx(1050, abs=5)
     assert runs["max"].energy_j > runs["static:1050"].energy_j
-    for name in ("reactive", "throttllem", "oracle"):
+    for name in ("reactive", "slo-feedback", "power-cap:200", "throttllem", "oracle"):
         assert runs[name].energy_j < runs["max"].energy_j
+
+
+def test_a_power_cap_holds_busy_power_under_it_by_running_slower(runs: dict[str, Run]):
+    capped = runs["power-cap:200"]
+    per_gpu_w = capped.series_power_w / capped.series_gpus
+    assert per_gpu_w.max() <= 200 + 1e-6
+    assert runs["max"].series_power_w.max() / 2 > 200  # the cap binds
+    assert capped.mean_freq_mhz < runs["max"].mean_freq_mhz  # the clock it really ran at
+
+
+def test_slo_feedback_holds_the_top_clock_while_any_request_waits_for_its_first_token():
+    profile = load_profile(PROFILE)
+    clocks = profile.gpu.supported_clocks_mhz()
+    table = PerformanceTable.from_model(PerformanceModel(performance_model_path(PROFILE)), 64)
+    model = TableIterationTimes(table)
+    policy = parse_policy("slo-feedback", clocks)
+    kv = profile.kv_capacity_blocks
+
+    def clock(batch: int, waiting: int, tpot_s: float) -> int:
+        load = EngineLoad(batch, profile.max_batch_size, batch * 10, kv, waiting)
+        return policy.clock_mhz(clocks, load, None, model, tbt_slo_s=tpot_s)
+
+    assert clock(8, waiting=1, tpot_s=0.2) == 1410
+    assert clock(0, waiting=0, tpot_s=0.2) == 1410  # idle: ready for the next prefill
+    relaxed, tight = clock(8, 0, tpot_s=0.2), clock(8, 0, tpot_s=0.045)
+    assert relaxed < tight < 1410  # the tighter the TPOT, the higher the clock
+    seconds = model.seconds(np.array([8]), np.array([80]), np.zeros(1, dtype=np.int64),
+                            int(np.searchsorted(model.clocks_mhz, tight)))  # fmt: skip
+    assert seconds[0] <= 0.8 * 0.045  # the margin is kept
 
 
 def test_the_planner_saves_energy_and_keeps_most_promises(runs: dict[str, Run]):
@@ -84,6 +114,10 @@ def test_unknown_policies_and_clocks_are_refused():
         parse_policy("fastest", clocks)
     with pytest.raises(ValueError, match="not a supported clock"):
         parse_policy("static:1051", clocks)
+    with pytest.raises(ValueError, match="power limit"):
+        parse_policy("power-cap:50", clocks, (100, 400))
+    with pytest.raises(ValueError, match="power limit"):
+        parse_policy("power-cap:lots", clocks, (100, 400))
 
 
 def _scale_setup(capacities: dict[str, float], **timing: float) -> ScaleSetup:

@@ -39,6 +39,20 @@ def test_a_number_sets_the_mean_rate():
     assert (len(scaled) - 1) / scaled[-1] == pytest.approx(5.0)
 
 
+def test_with_a_duration_the_rate_is_the_replayed_spans():
+    # A trace that starts slowly: its own mean rate is far from its first minutes'.
+    arrival_s = np.concatenate([np.arange(0, 600, 2.0), np.arange(600, 1200, 0.25)])
+    scale = time_scale(arrival_s, 1.0, capacity_rps=1.0, duration_s=120)
+    kept = arrival_s[arrival_s * scale <= 120]
+    assert len(kept) == pytest.approx(120, abs=2)
+    assert time_scale(arrival_s, 1.0, 1.0) != pytest.approx(scale, rel=0.1)
+
+
+def test_a_rate_must_be_positive():
+    with pytest.raises(ValueError, match="positive"):
+        time_scale(np.arange(10.0), 0.0, capacity_rps=1.0)
+
+
 def test_requests_over_the_window_lose_the_head_of_their_prompt_and_are_counted():
     workload = build_workload(trace([0, 1, 2], [100, 4000, 3000], [50, 500, 2000]), 1.0,
                               window_tokens=4096, lengths="oracle")  # fmt: skip

@@ -97,7 +97,8 @@ def _latency_cdfs(pyplot: Any, runs: Mapping[str, Run], slo: Slo) -> Figure:
             seconds = np.sort(getattr(run, attribute)[~np.isnan(getattr(run, attribute))])
             share = np.arange(1, len(seconds) + 1) / max(len(seconds), 1)
             axis.plot(seconds, share, label=name, linewidth=1)
-        axis.axvline(limit_s, color="black", linestyle="--", linewidth=0.8, label="SLO")
+        if np.isfinite(limit_s):  # the interactive regime has no fixed E2E limit
+            axis.axvline(limit_s, color="black", linestyle="--", linewidth=0.8, label="SLO")
         axis.set_xscale(scale)
         axis.set_title(title)
         axis.set_xlabel("seconds")

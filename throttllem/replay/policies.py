@@ -6,6 +6,15 @@
 - `reactive`: a utilization-driven DVFS governor, the Linux `ondemand` rule over the
   engine's load (the fuller of batch and KV cache): at 80 % or more the highest clock,
   below that a clock in proportion. It reacts to load; it cannot see promises.
+- `slo-feedback`: the rule of VoltanaLLM and GreenLLM (2025). Every window, the lowest
+  clock at which the performance model's iteration time for the engine's current batch
+  and KV cache meets the TPOT SLO (keeping the same margin as ours), and the highest clock
+  while any request waits in the engine for its first token. No admission gate, no
+  length prediction: it sees the present, not the requests' futures.
+- `power-cap:<W>`: NVIDIA Dynamo's Power Planner sets per-GPU power limits instead of
+  clocks; under the cap the GPU runs at the highest clock whose power at the iteration's
+  activity stays under it (the twin's GPU). `power-cap-best` is the lowest cap within
+  1 pp of max's attainment, found by a sweep (report.py).
 - `throttllem`: ours. Admission through the planner, and the lowest clock at which every
   admitted request keeps its promises, on the gateway's predicted lengths.
 - `throttllem+scale`: ours, with instance scaling between the engine's sizes (TP1, TP2,
@@ -15,19 +24,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from governor.planner import lowest_frequency
+from governor.planner import IterationTimes, lowest_frequency
 from governor.policy import at_or_above
 from predictor.board import Board
 
 ONDEMAND_UP_THRESHOLD = 0.8
 
 POLICY_NAMES = (
-    "max", "static:<MHz>", "static-best", "reactive", "throttllem", "throttllem+scale", "oracle",
+    "max", "static:<MHz>", "static-best", "reactive", "slo-feedback", "power-cap:<W>",
+    "power-cap-best", "throttllem", "throttllem+scale", "oracle",
 )  # fmt: skip
 
 
@@ -39,6 +50,7 @@ class EngineLoad:
     max_batch: int
     kv_used_blocks: int
     kv_capacity_blocks: int
+    waiting: int = 0  # in the engine's queue, before their first token
 
     @property
     def utilization(self) -> float:
@@ -53,6 +65,8 @@ class Policy:
     reactive: bool = False
     true_lengths: bool = False  # oracle: the planner sees the engine's true lengths
     scaling: bool = False  # throttllem+scale: instance scaling between engine sizes
+    slo_feedback: bool = False  # the lowest clock meeting TPOT now, highest while any wait
+    power_cap_w: float | None = None  # a power limit on every GPU, clocks left at default
     margin: float = 0.2  # planned clocks keep this share of every budget to spare (settings)
 
     def clock_mhz(
@@ -62,12 +76,20 @@ class Policy:
         board: Board | None,
         model: object,
         previous_mhz: int | None = None,
+        tbt_slo_s: float = math.inf,
     ) -> int:
         """The clock for the next window. `board` is the planner's view (gated policies);
-        `previous_mhz`, the clock chosen last, only speeds the planner's search up."""
+        `previous_mhz`, the clock chosen last, only speeds the planner's search up;
+        `tbt_slo_s`, the TPOT SLO, is what `slo-feedback` holds the iteration time to."""
         highest = max(clocks_mhz)
         if self.fixed_clock_mhz is not None:
             return self.fixed_clock_mhz
+        if self.slo_feedback:
+            if load.waiting or load.batch == 0:
+                return highest
+            budget_s = (1 - self.margin) * tbt_slo_s
+            model_mhz = lowest_clock_for_iteration(model, load, budget_s)  # type: ignore[arg-type]
+            return at_or_above(model_mhz, clocks_mhz)
         if self.reactive:
             if load.utilization >= ONDEMAND_UP_THRESHOLD:
                 return highest
@@ -86,9 +108,40 @@ class Policy:
         return at_or_above(decision.clock_mhz, clocks_mhz)
 
 
-def parse_policy(name: str, clocks_mhz: Sequence[int]) -> Policy:
+def lowest_clock_for_iteration(model: IterationTimes, load: EngineLoad, budget_s: float) -> int:
+    """The model's lowest clock whose iteration time for the current batch and KV cache
+    is within `budget_s` (its highest if none is): a bisection, the time falling as the
+    clock rises."""
+    prepared = model.prepare(np.array([load.batch]), np.array([load.kv_used_blocks]),
+                             np.zeros(1, dtype=np.int64))  # fmt: skip
+    low, high = 0, len(model.clocks_mhz) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if float(prepared.run_seconds(middle)[0]) <= budget_s:
+            high = middle
+        else:
+            low = middle + 1
+    return int(model.clocks_mhz[low])
+
+
+def parse_policy(
+    name: str, clocks_mhz: Sequence[int], power_limits_w: tuple[float, float] | None = None
+) -> Policy:
+    """`power_limits_w`: the GPU's (min, max) power limit, which `power-cap:<W>` must keep."""
     if name == "max":
         return Policy("max")
+    if name == "slo-feedback":
+        return Policy("slo-feedback", slo_feedback=True)
+    if name.startswith("power-cap:"):
+        try:
+            cap_w = float(name.removeprefix("power-cap:"))
+        except ValueError:
+            cap_w = math.nan
+        low_w, high_w = power_limits_w if power_limits_w is not None else (0.0, math.inf)
+        if not low_w <= cap_w <= high_w:
+            raise ValueError(f"{name}: not a power limit the GPU accepts ({low_w:.0f}-"
+                             f"{high_w:.0f} W)")  # fmt: skip
+        return Policy(name, power_cap_w=cap_w)
     if name == "reactive":
         return Policy("reactive", reactive=True)
     if name == "throttllem":

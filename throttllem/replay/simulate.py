@@ -51,9 +51,19 @@ MIN_DWELL_S = 0.5  # least time between two lowering changes (THROTTLLEM_GOVERNO
 
 @dataclass(frozen=True)
 class Slo:
+    """The promises every request of a replay gets. `e2e_s` is one fixed deadline (the
+    paper's regime); where it is infinite, a request's end-to-end budget is what its TTFT
+    and TPOT imply, `ttft_s + tokens x tbt_s`, and the planner sees no separate deadline
+    (as a gateway given only `x-slo-ttft-ms` and `x-slo-tpot-ms` plans)."""
+
     ttft_s: float
-    tbt_s: float  # mean time between tokens
-    e2e_s: float
+    tbt_s: float  # mean time between tokens (TPOT)
+    e2e_s: float = math.inf
+
+    def e2e_budget_s(self, tokens: np.ndarray) -> np.ndarray:
+        if math.isfinite(self.e2e_s):
+            return np.full(len(tokens), self.e2e_s)
+        return self.ttft_s + tokens * self.tbt_s
 
 
 @dataclass
@@ -72,6 +82,8 @@ class Run:
     series_power_w: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every GPU held
     series_gpus: np.ndarray = field(default_factory=lambda: np.zeros(0))  # GPUs held
     queue_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # waited at the gateway
+    engine_wait_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # in the engine
+    prefill_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # its first iteration
     moves: list[tuple[float, str]] = field(default_factory=list)  # (when, to which size)
 
     @property
@@ -95,6 +107,7 @@ class _Requests:
         self.last_s = np.full(n, math.nan)
         self.finished_s = np.full(n, math.nan)
         self.admitted_s = np.full(n, math.nan)  # when it entered an engine
+        self.prefill_start_s = np.full(n, math.nan)  # when its first iteration began
 
     def rows(self, indices: np.ndarray) -> Requests:
         return self._rows(indices, self._remaining(indices))
@@ -123,7 +136,7 @@ class _Requests:
             remaining_tokens=np.maximum(1, remaining).astype(np.int64),
             ttft_slo_s=np.full(count, slo.ttft_s),
             tbt_slo_s=np.full(count, slo.tbt_s),
-            e2e_deadline_s=self.arrival_s[indices] + slo.e2e_s,
+            e2e_deadline_s=self.arrival_s[indices] + slo.e2e_s,  # inf: none of its own
         )
 
 
@@ -134,6 +147,9 @@ class _Instance:
                  policy: Policy, seed: int, loaded_s: float, ready_s: float) -> None:  # fmt: skip
         self.label, self.profile, self.model, self.policy = label, profile, model, policy
         self.engine = Engine(profile, seed=seed, started_s=loaded_s)
+        if policy.power_cap_w is not None:
+            for gpu in self.engine.gpus:
+                gpu.set_power_limit(policy.power_cap_w)
         self.ready_s = ready_s
         self.active: dict[int, None] = {}  # admitted, unfinished, in admission order
         self.step: StepResult | None = None  # the iteration under way
@@ -176,11 +192,12 @@ class _Instance:
             self.next_decision_s = now_s + WINDOW_S
         profile, engine = self.profile, self.engine
         load = EngineLoad(engine.running, profile.max_batch_size, engine.kv_used_blocks,
-                          engine.kv_capacity_blocks)  # fmt: skip
+                          engine.kv_capacity_blocks, engine.waiting)  # fmt: skip
         latency_s = profile.gpu.clock_switch_latency_s
         planned = self.board(requests, now_s + latency_s) if self.policy.gated else None
         target_mhz = self.policy.clock_mhz(profile.gpu.supported_clocks_mhz(), load, planned,
-                                           self.model, self.target_mhz)  # fmt: skip
+                                           self.model, self.target_mhz,
+                                           requests.slo.tbt_s)  # fmt: skip
         self.target_mhz = target_mhz
         lowering = self.applied_mhz is not None and target_mhz < self.applied_mhz
         held = lowering and now_s - self.last_change_s < MIN_DWELL_S
@@ -199,6 +216,7 @@ class _Instance:
             requests.generated[index] += 1
             if math.isnan(requests.first_s[index]):
                 requests.first_s[index] = now_s
+                requests.prefill_start_s[index] = result.started_s
                 changed = True
             requests.last_s[index] = now_s
         for request_id in result.finished:
@@ -242,7 +260,7 @@ def simulate(
     scaling: ScaleSetup | None = None,
 ) -> Run:
     started_wall_s = time.perf_counter()
-    if policy.gated and model is None:
+    if (policy.gated or policy.slo_feedback) and model is None:
         raise ValueError(f"policy {policy.name} needs the engine's performance model")
     if policy.scaling and scaling is None:
         raise ValueError(f"policy {policy.name} needs the engine sizes it may scale between")
@@ -310,7 +328,9 @@ def simulate(
         if now_s >= next_sample_s:
             held = sum(instance.profile.tensor_parallel for instance in live)
             power_w = sum(instance.power_w() for instance in live)
-            series.append((now_s, routed.engine.clock_mhz(now_s), power_w, held))
+            step = routed.step  # under a power cap, the clock the iteration really runs at
+            clock_mhz = step.clock_mhz if step is not None else routed.engine.clock_mhz(now_s)
+            series.append((now_s, clock_mhz, power_w, held))
             next_sample_s = now_s + WINDOW_S
         busy = [instance.step.ended_s for instance in live if instance.step is not None]
         if next_arrival >= n and not waiting and not busy:
@@ -400,6 +420,8 @@ def _run(
         series_power_w=power_w,
         series_gpus=gpus,
         queue_s=requests.admitted_s - workload.arrival_s,
+        engine_wait_s=requests.prefill_start_s - requests.admitted_s,
+        prefill_s=requests.first_s - requests.prefill_start_s,
         moves=moves,
     )
 
@@ -418,7 +440,7 @@ def request_latencies(
     tbt_s = np.where(tokens > 1, (last_s - first_s) / np.maximum(tokens - 1, 1), 0.0)
     e2e_s = finished_s - arrival_s
     with np.errstate(invalid="ignore"):
-        met = (ttft_s <= slo.ttft_s) & (tbt_s <= slo.tbt_s) & (e2e_s <= slo.e2e_s)
+        met = (ttft_s <= slo.ttft_s) & (tbt_s <= slo.tbt_s) & (e2e_s <= slo.e2e_budget_s(tokens))
     return ttft_s, tbt_s, e2e_s, met
 
 

@@ -2,7 +2,8 @@
 
 Rates. `peak` scales time so that the trace's busiest 60-second window arrives at the
 engine's capacity: the average load stays below it and the bursts reach it (the paper's
-setting). A number scales time so that the mean rate is that many requests per second.
+setting). A number scales time so that the replayed span's mean rate is that many
+requests per second.
 
 Lengths. The engine always generates the true output length (as a replay with
 `ignore_eos` and `max_tokens` = that length does). What the gateway believes is separate:
@@ -106,12 +107,26 @@ def busiest_window_rps(arrival_s: np.ndarray, window_s: float = PEAK_WINDOW_S) -
     return float(np.max(ends - np.arange(len(arrival_s)))) / window_s
 
 
-def time_scale(arrival_s: np.ndarray, rate: str | float, capacity_rps: float) -> float:
-    """The factor arrival times are multiplied by for `rate` (`peak` or requests/s)."""
+def time_scale(
+    arrival_s: np.ndarray, rate: str | float, capacity_rps: float, duration_s: float | None = None
+) -> float:
+    """The factor arrival times are multiplied by for `rate` (`peak` or requests/s).
+
+    A number is the mean rate of what is replayed: with `duration_s`, the first
+    `duration_s` seconds of the scaled trace hold `rate x duration_s` requests (the
+    trace's own mean rate can differ a lot from its first minutes')."""
     if rate == "peak":
         return busiest_window_rps(arrival_s) / capacity_rps
+    rate_rps = float(rate)
+    if not rate_rps > 0:
+        raise ValueError(f"the rate must be positive, got {rate!r}")
+    if duration_s is not None and len(arrival_s) > 1:
+        wanted = min(len(arrival_s) - 1, max(1, round(rate_rps * duration_s)))
+        span_s = float(arrival_s[wanted])  # scaled, it lands on duration_s
+        if span_s > 0 and wanted < len(arrival_s) - 1:
+            return duration_s / span_s
     mean_rps = (len(arrival_s) - 1) / max(float(arrival_s[-1]), 1e-9)
-    return mean_rps / float(rate)
+    return mean_rps / rate_rps
 
 
 @dataclass(frozen=True)
