@@ -62,7 +62,11 @@ def _frontier(args: argparse.Namespace) -> int:
     from simulator.profile import UnknownProfileError
     from simulator.traces import TraceError
     from throttllem.replay.frontier import FrontierOptions, ProgressBar, frontier, parse_list
-    from throttllem.replay.frontier_summary import markdown_summary, write_cell_plots
+    from throttllem.replay.frontier_summary import (
+        cell_plot_name,
+        markdown_summary,
+        write_cell_plots,
+    )
     from throttllem.replay.plots import PlotsUnavailableError, require_matplotlib
     from throttllem.replay.report import write_json
 
@@ -81,11 +85,12 @@ def _frontier(args: argparse.Namespace) -> int:
         print(f"throttllem frontier: {error}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.no_plots:
-        plots = write_cell_plots(report, args.out / "plots")
-        report["plots"] = [str(path.relative_to(args.out)) for path in plots]
-    summary = markdown_summary(report)
+    if not args.no_plots:  # named first, so that the JSON is written before they are drawn
+        report["plots"] = [f"plots/{cell_plot_name(cell)}" for cell in report["cells"]]
     write_json(report, args.out / "frontier.json")
+    summary = markdown_summary(report)
     (args.out / "frontier.md").write_text(summary)
+    if not args.no_plots:
+        write_cell_plots(report, args.out / "plots")
     print(summary, end="")
     return 0

@@ -2,13 +2,16 @@
 refusals."""
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.data import shared_data
 from throttllem.cli import main
 from throttllem.replay.frontier import PEERS, marks
+from throttllem.replay.report import write_json
 
 POLICY_FIELDS = {"energy_j", "output_tokens", "tokens_per_j", "slo_attainment", "ttft_ms",
                  "tbt_ms", "e2e_ms", "queue_ms", "mean_freq_mhz", "mean_gpus", "requests",
@@ -85,6 +88,7 @@ def test_a_summary_and_a_plot_per_cell(frontier_run: tuple[dict, Path, str]):
 
 
 def _policy(energy_j: float, attainment: float) -> dict[str, float]:
+    """A policy's report, as far as marks() reads it."""
     return {"energy_j": energy_j, "slo_attainment": attainment}
 
 
@@ -102,6 +106,17 @@ def test_a_win_is_the_least_energy_of_every_peer_within_1pp():
     policies["throttllem"] = _policy(10, 0.97)
     assert not marks(policies)["throttllem_within_1pp"] and not marks(policies)["throttllem_wins"]
     assert "oracle" not in PEERS and "throttllem" not in PEERS
+
+
+def test_marks_and_the_json_take_numpy_values(tmp_path: Path):
+    policies = {"max": _policy(np.float64(100), 0.99), "throttllem": _policy(np.float64(60), 0.99),
+                "reactive": _policy(np.float64(70), 0.99)}  # fmt: skip
+    standing = marks(policies)
+    assert standing["throttllem_wins"] is True and standing["throttllem_within_1pp"] is True
+    write_json({"energy_j": np.float64(1.5), "met": np.bool_(True), "gap": math.nan},
+               tmp_path / "r.json")  # fmt: skip
+    assert json.loads((tmp_path / "r.json").read_text()) == {"energy_j": 1.5, "met": True,
+                                                              "gap": None}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,9 @@ def test_a_short_replay_of_every_policy_writes_the_fixed_json(
         (["--rate", "fast"], "peak or a number"),
         (["--policies", "fastest"], "unknown policy"),
         (["--lengths", "guess"], "unknown lengths"),
+        (["--load", "0"], "positive"),
+        (["--rate", "-2"], "positive"),
+        (["--policies", "max,power-cap:20"], "power limit"),
     ],
 )
 def test_what_is_not_there_is_refused_clearly(

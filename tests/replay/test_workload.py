@@ -114,3 +114,11 @@ def test_model_lengths_pair_prompts_pad_them_and_take_the_recorded_answer():
     assert padded.prompt_tokens[0] + padded.output_tokens[0] <= 4096
     with pytest.raises(ValueError, match="AlpacaEval"):
         build_workload(short_contexts, 1.0, 4096, "model")
+
+
+def test_the_live_replay_sends_its_promises_as_headers():
+    from throttllem.replay.live import slo_headers
+    from throttllem.replay.simulate import Slo
+
+    assert slo_headers(Slo(1.0, 0.06)) == {"x-slo-ttft-ms": "1000", "x-slo-tpot-ms": "60"}
+    assert slo_headers(Slo(2.0, 0.2, 37.5))["x-slo-e2e-ms"] == "37500"

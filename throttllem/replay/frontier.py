@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,9 @@ def frontier(
             progress(done, total, time.perf_counter() - started_s)
 
     workers = options.workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # Spawned, not forked: a fork of a process whose threads (onnxruntime's, a caller's)
+    # hold locks can hang in the child.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         capacity_of: dict[Future[dict[str, Any]], tuple[Path, str, str]] = {
             pool.submit(_capacity_task, options.replay_options(*group)): group for group in groups
         }
@@ -224,8 +227,8 @@ def marks(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
     eligible = {name: p["energy_j"] for name, p in policies.items()
                 if name in PEERS and p["slo_attainment"] >= floor - 1e-12}  # fmt: skip
     best_peer = min(eligible, key=lambda name: eligible[name]) if eligible else None
-    within = ours["slo_attainment"] >= floor - 1e-12
-    wins = within and (best_peer is None or ours["energy_j"] <= eligible[best_peer])
+    within = bool(ours["slo_attainment"] >= floor - 1e-12)
+    wins = within and (best_peer is None or bool(ours["energy_j"] <= eligible[best_peer]))
     max_j = policies["max"]["energy_j"]
     oracle = policies.get("oracle")
     share = None

@@ -3,7 +3,8 @@
 Each trace request becomes a streamed `/v1/completions` call at its (time-scaled)
 arrival time, from one asyncio client: a prompt of the trace's length in tokens, and
 `max_tokens` of its output length with `ignore_eos`, so the engine generates exactly that
-many tokens (as a replay of recorded lengths must). Latencies are measured at the client:
+many tokens (as a replay of recorded lengths must), with the replay's promises as the
+`x-slo-*` headers. Latencies are measured at the client:
 TTFT to the first text, TBT as the mean gap over the rest of the answer (the usage's
 token count, since the gateway may send tokens that arrive together as one chunk), E2E to
 the end of the stream. Energy and the clock come from the gateway's `/metrics`
@@ -66,12 +67,14 @@ async def drive(
         start_s = time.monotonic()
         sampler = asyncio.create_task(_sample_clock(client, start_s, clocks))
         done = 0
+        headers = slo_headers(slo)
 
         async def one(index: int) -> None:
             nonlocal done
             await asyncio.sleep(max(0.0, start_s + workload.arrival_s[index] - time.monotonic()))
             await _complete(client, model, int(workload.prompt_tokens[index]),
-                            int(workload.output_tokens[index]), start_s, outcomes[index])  # fmt: skip
+                            int(workload.output_tokens[index]), start_s, outcomes[index],
+                            headers)  # fmt: skip
             done += 1
             if progress is not None:
                 progress(done / len(workload))
@@ -101,8 +104,19 @@ async def _served_model(client: httpx.AsyncClient) -> str:
     return str(models[0]["id"])
 
 
+def slo_headers(slo: Slo) -> dict[str, str]:
+    """The replay's promises as the gateway's per-request SLO headers, so that it plans for
+    what the replay measures (no `x-slo-e2e-ms` where the E2E budget follows from TTFT
+    and TPOT)."""
+    headers = {"x-slo-ttft-ms": f"{slo.ttft_s * 1000:g}", "x-slo-tpot-ms": f"{slo.tbt_s * 1000:g}"}
+    if math.isfinite(slo.e2e_s):
+        headers["x-slo-e2e-ms"] = f"{slo.e2e_s * 1000:g}"
+    return headers
+
+
 async def _complete(client: httpx.AsyncClient, model: str, prompt_tokens: int,
-                    output_tokens: int, start_s: float, outcome: _Outcome) -> None:  # fmt: skip
+                    output_tokens: int, start_s: float, outcome: _Outcome,
+                    headers: dict[str, str]) -> None:  # fmt: skip
     body = {
         "model": model,
         "prompt": PROMPT_WORD * max(1, prompt_tokens - 1),  # the tokenizer adds BOS
@@ -112,7 +126,8 @@ async def _complete(client: httpx.AsyncClient, model: str, prompt_tokens: int,
         "stream_options": {"include_usage": True},
     }
     try:
-        async with client.stream("POST", "/v1/completions", json=body) as response:
+        async with client.stream("POST", "/v1/completions", json=body,
+                                 headers=headers) as response:  # fmt: skip
             if response.status_code != 200:
                 await response.aread()
                 outcome.failed = f"HTTP {response.status_code}: {response.text[:200]}"

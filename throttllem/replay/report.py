@@ -473,7 +473,10 @@ def write_json(report: dict[str, Any], path: Path) -> None:
 
 
 def _without_nan(value: Any) -> Any:
-    """What was not measured (NaN) is null in the JSON, which has no NaN."""
+    """What was not measured (NaN) is null in the JSON, which has no NaN; numpy's
+    scalars become Python's."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
