@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from simulator.engine import Engine
+from simulator.gpu import SimulatedGpu
 from simulator.realtime import RealtimeEngine
 
 
@@ -33,7 +34,7 @@ class _Snapshot:
     timestamp_us: int
     power_w: list[float]
     energy_j: list[float]
-    power_limit_w: float
+    power_limit_w: list[float]
     mean_drift_s: float
 
 
@@ -85,10 +86,11 @@ class _TwinCollector(Collector):
             "nv_energy_consumption", "GPU energy consumption in joules since the twin started",
             labels=["gpu_uuid"],
         )  # fmt: skip
-        for index, (power_w, energy_j) in enumerate(zip(s.power_w, s.energy_j, strict=True)):
+        per_gpu = zip(s.power_w, s.power_limit_w, s.energy_j, strict=True)
+        for index, (power_w, limit_w, energy_j) in enumerate(per_gpu):
             uuid = f"GPU-twin-{index}"
             power.add_metric([uuid], power_w)
-            limit.add_metric([uuid], s.power_limit_w)
+            limit.add_metric([uuid], limit_w)
             energy.add_metric([uuid], energy_j)
         yield power
         yield limit
@@ -126,6 +128,11 @@ def _snapshot(engine: Engine, mean_drift_s: float) -> _Snapshot:
         timestamp_us=int(time.time() * 1e6),
         power_w=[gpu.power_w() for gpu in engine.gpus],
         energy_j=[gpu.energy_mj() / 1000 for gpu in engine.gpus],
-        power_limit_w=engine.profile.gpu.tdp_w,
+        power_limit_w=[_limit_w(gpu) for gpu in engine.gpus],
         mean_drift_s=mean_drift_s,
     )
+
+
+def _limit_w(gpu: SimulatedGpu) -> float:
+    """The limit in force, as NVML reports it: the one set, else the board's default (TDP)."""
+    return gpu.spec.tdp_w if gpu.power_limit_w is None else gpu.power_limit_w

@@ -50,6 +50,8 @@ class GpuProfile:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GpuProfile:
         clocks, power, kernels = data["clocks_mhz"], data["power"], data["kernels"]
+        # A board without a published range takes no limit but its TDP.
+        limits_w = data.get("power_limit_w", {"min": data["tdp_w"], "max": data["tdp_w"]})
         return cls(
             name=data["name"],
             memory_bytes=data["memory_gib"] * GIB,
@@ -69,8 +71,8 @@ class GpuProfile:
             tensor_half_tokens=kernels["tensor_half_tokens"],
             sm_overhead_per_layer_s=kernels["sm_overhead_per_layer_us"] / 1e6,
             allreduce_latency_s=kernels["allreduce_latency_us"] / 1e6,
-            power_limit_min_w=data["power_limit_w"]["min"],
-            power_limit_max_w=data["power_limit_w"]["max"],
+            power_limit_min_w=limits_w["min"],
+            power_limit_max_w=limits_w["max"],
         )
 
 
