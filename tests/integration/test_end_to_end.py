@@ -149,6 +149,9 @@ def test_a_live_replay_drives_the_gateway_and_reads_its_energy(stack: Stack, tmp
     assert 0 < live["ttft_ms"]["p50"] <= live["e2e_ms"]["p50"]
     assert 0 <= live["slo_attainment"] <= 1
     assert 210 <= live["mean_freq_mhz"] <= 1410
+    misses = live["misses"]  # by promise, but not by where the time went: unseen from here
+    assert misses["missed"] == round((1 - live["slo_attainment"]) * 24)
+    assert misses["ttft_by_cause"] is None and set(misses["by_promise"]) == {"ttft", "tbt", "e2e"}
 
 
 # Last: it stops the module's stack.

@@ -203,5 +203,7 @@ def _run(workload: Workload, slo: Slo, outcomes: list[_Outcome],
         series_power_w=np.full(len(t_s), math.nan),
         series_gpus=np.full(len(t_s), math.nan),
         queue_s=np.full(len(outcomes), math.nan),
+        engine_wait_s=np.full(len(outcomes), math.nan),  # not seen from the client
+        prefill_s=np.full(len(outcomes), math.nan),
     )
     return run, int(failed.sum())

@@ -392,26 +392,27 @@ def miss_breakdown(run: Run, workload: Workload, slo: Slo, uses_predictions: boo
     the gateway's admission queue, waiting inside the engine (for a batch slot or its KV
     reservation), or the prefill iteration itself; `ttft_miss_mean_ms` gives the mean of
     each part over the TTFT misses. `predicted_too_short`: missed requests whose predicted
-    length was below the true one (null for policies that use no prediction)."""
+    length was below the true one (null for policies that use no prediction). A live run,
+    which cannot see where a request waited, has null causes."""
     tokens = workload.output_tokens
     with np.errstate(invalid="ignore"):  # NaN (never served) compares False: a miss
         ttft = ~(run.ttft_s <= slo.ttft_s)
         tbt = ~(run.tbt_s <= slo.tbt_s)
         e2e = ~(run.e2e_s <= slo.e2e_budget_s(tokens))
     missed = ~run.met
-    parts_s = np.nan_to_num(np.stack([run.queue_s, run.engine_wait_s, run.prefill_s])[:, ttft])
+    parts = np.stack([run.queue_s, run.engine_wait_s, run.prefill_s])
+    located = not np.isnan(parts).all()  # a live run sees no engine queue: unknown, null
+    parts_s = np.nan_to_num(parts[:, ttft])
     causes = np.bincount(np.argmax(parts_s, axis=0), minlength=3) if ttft.any() else np.zeros(3)
     too_short = missed & (workload.predicted_tokens < tokens)
+    by_cause = {cause: int(count) for cause, count in zip(TTFT_CAUSES, causes, strict=True)}
+    mean_ms = {cause: float(parts_s[i].mean() * 1000) if ttft.any() else None
+               for i, cause in enumerate(TTFT_CAUSES)}  # fmt: skip
     return {
         "missed": int(missed.sum()),
         "by_promise": {"ttft": int(ttft.sum()), "tbt": int(tbt.sum()), "e2e": int(e2e.sum())},
-        "ttft_by_cause": {
-            cause: int(count) for cause, count in zip(TTFT_CAUSES, causes, strict=True)
-        },
-        "ttft_miss_mean_ms": {
-            cause: float(parts_s[i].mean() * 1000) if ttft.any() else None
-            for i, cause in enumerate(TTFT_CAUSES)
-        },
+        "ttft_by_cause": by_cause if located else None,
+        "ttft_miss_mean_ms": mean_ms if located else None,
         "predicted_too_short": int(too_short.sum()) if uses_predictions else None,
     }
 
