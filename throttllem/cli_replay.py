@@ -82,9 +82,6 @@ def _replay(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"throttllem replay: --rate is peak or a number, not {rate!r}", file=sys.stderr)
             return 2
-    if args.load is not None and not args.load > 0:
-        print(f"throttllem replay: --load must be positive, not {args.load:g}", file=sys.stderr)
-        return 2
     options = ReplayOptions(
         trace=args.trace, trace_format=args.trace_format, profile=args.profile, rate=rate,
         load=args.load, slo=args.slo,

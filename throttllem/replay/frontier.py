@@ -28,7 +28,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from simulator.profile import load_profile
 from simulator.traces import TraceError
 from throttllem.replay.report import (
     SLO_REGIMES,
@@ -40,6 +39,7 @@ from throttllem.replay.report import (
     goodput_capacity,
     policy_report,
     run_policies,
+    slo_report,
 )
 from throttllem.replay.scaling import sibling_profiles
 
@@ -91,8 +91,7 @@ def validate(options: FrontierOptions) -> None:
         if slo not in SLO_REGIMES:
             raise ValueError(f"unknown SLO regime {slo!r}; use one of {SLO_REGIMES}")
     for profile in options.profiles:
-        load_profile(profile)
-        check_policies(profile, options.policies)
+        check_policies(profile, options.policies)  # and that the profile exists
     if "max" not in options.policies:
         raise ValueError("the frontier measures every policy against max: keep it in --policies")
 
@@ -117,24 +116,13 @@ def _cell_task(replay_options: ReplayOptions, capacity_rps: float, load: float,
         names.remove("throttllem+scale")
         skipped["throttllem+scale"] = "one engine size has a shipped performance model"
     runs = run_policies(scene, workload, names)
-    span_s = float(workload.arrival_s[-1] - workload.arrival_s[0]) if len(workload) > 1 else 1.0
     return {
-        "rate_rps": (len(workload) - 1) / span_s if len(workload) > 1 else 0.0,
+        "rate_rps": workload.rate_rps,
         "requests": len(workload),
-        "promises": _slo_values(scene),
+        "promises": slo_report(scene),
         "policies": {name: policy_report(run, workload, scene.slo) for name, run in runs.items()},
         **({"skipped": skipped} if skipped else {}),
         "wall_s": time.perf_counter() - started_s,
-    }
-
-
-def _slo_values(scene: Scene) -> dict[str, Any]:
-    slo = scene.slo
-    return {
-        "ttft_ms": slo.ttft_s * 1000,
-        "tbt_ms": slo.tbt_s * 1000,
-        "e2e_ms": slo.e2e_s * 1000 if math.isfinite(slo.e2e_s) else None,
-        "derivation": scene.slo_derivation,
     }
 
 

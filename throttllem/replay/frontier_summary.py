@@ -15,7 +15,7 @@ def _energy_change(policy: dict[str, Any], max_policy: dict[str, Any]) -> float:
 
 def markdown_summary(report: dict[str, Any]) -> str:
     grid = report["grid"]
-    names = [name for name in grid["policies"]]
+    names = list(grid["policies"])
     lines = [
         f"Each cell: energy vs max / SLO attainment. Simulated energy. Lengths: "
         f"{grid['lengths']}; first {grid['duration_s']:g} s of each trace at the load's rate; "

@@ -158,8 +158,7 @@ def slo_regime(regime: str, saturation: Saturation, paper_ttft_s: float) -> tupl
     )
 
 
-def goodput_capacity(scene: Scene, progress: Callable[[float], None] | None = None
-                     ) -> dict[str, Any]:  # fmt: skip
+def goodput_capacity(scene: Scene) -> dict[str, Any]:
     """The highest mean rate at which `max` keeps GOODPUT_ATTAINMENT of its promises on
     this scene (DistServe's goodput), by bisection over the rate with `max` only.
 
@@ -175,10 +174,9 @@ def goodput_capacity(scene: Scene, progress: Callable[[float], None] | None = No
     def attainment(rate_rps: float) -> float:
         workload, _ = scene.workload_at(rate_rps)
         run = simulate(workload, scene.profile, max_policy, scene.slo, None, scene.options.seed)
-        probes.append({"rate_rps": rate_rps, "slo_attainment": float(run.met.mean())})
-        if progress is not None:
-            progress(min(1.0, len(probes) / 10))
-        return float(run.met.mean())
+        kept = float(run.met.mean())
+        probes.append({"rate_rps": rate_rps, "slo_attainment": kept})
+        return kept
 
     high = scene.saturation.capacity_rps
     low: float | None = None
@@ -219,10 +217,9 @@ def run_policies(
 
     def run(policy: Policy) -> Run:
         bar = _ProgressBar(policy.name) if progress else None
-        needs_scaling = policy.scaling
         result = simulate(workload, scene.profile, policy, scene.slo, scene.model,
                           scene.options.seed, bar.update if bar else None,
-                          scene.scaling() if needs_scaling else None)  # fmt: skip
+                          scene.scaling() if policy.scaling else None)  # fmt: skip
         if bar:
             bar.done(result.wall_s)
         return result
@@ -246,13 +243,13 @@ def replay(options: ReplayOptions, progress: bool = False) -> dict[str, Any]:
     if options.plots_dir is not None:
         require_matplotlib()  # before the runs, not after them
     virtual = options.live_url is None  # live: the gateway plans, not this process
-    check_policies(options.profile, options.policies)  # before the long setup
+    if options.load is not None and not options.load > 0:  # before the long setup
+        raise ValueError(f"--load must be positive, got {options.load:g}")
+    check_policies(options.profile, options.policies)
     scene = build_scene(options, with_model=virtual)
     capacity = None
     rate: str | float = options.rate
     if options.load is not None:
-        if not options.load > 0:
-            raise ValueError(f"--load must be positive, got {options.load:g}")
         capacity = goodput_capacity(scene)
         rate = options.load * capacity["capacity_rps"]
     workload, scale = scene.workload_at(rate)
@@ -292,30 +289,35 @@ def check_policies(profile_name: str, names: Sequence[str]) -> None:
 
 def scene_report(scene: Scene, workload: Workload, scale: float, capacity: dict[str, Any] | None,
                  load: float | None) -> dict[str, Any]:  # fmt: skip
-    options, slo = scene.options, scene.slo
-    span_s = float(workload.arrival_s[-1] - workload.arrival_s[0]) if len(workload) > 1 else 1.0
+    options = scene.options
     return {
         "engine": options.profile,
         "trace": {
             "file": options.trace.name,
             "format": options.trace_format,
             "requests": len(workload),
-            "duration_s": span_s,
+            "duration_s": workload.span_s,
             "time_scale": scale,
             "lengths": options.lengths,
             "seed": options.seed,
         },
-        "rate_rps": (len(workload) - 1) / span_s if len(workload) > 1 else 0.0,
+        "rate_rps": workload.rate_rps,
         "capacity_rps": capacity["capacity_rps"] if capacity else scene.saturation.capacity_rps,
         "saturated_throughput_rps": scene.saturation.capacity_rps,
         **({"load": load, "goodput": capacity} if capacity is not None else {}),
-        "slo": {
-            "regime": options.slo,
-            "ttft_ms": slo.ttft_s * 1000,
-            "tbt_ms": slo.tbt_s * 1000,
-            "e2e_ms": slo.e2e_s * 1000 if math.isfinite(slo.e2e_s) else None,
-            "derivation": scene.slo_derivation,
-        },
+        "slo": slo_report(scene),
+    }
+
+
+def slo_report(scene: Scene) -> dict[str, Any]:
+    """The scene's promises as the JSON gives them: regime, values, derivation."""
+    slo = scene.slo
+    return {
+        "regime": scene.options.slo,
+        "ttft_ms": slo.ttft_s * 1000,
+        "tbt_ms": slo.tbt_s * 1000,
+        "e2e_ms": slo.e2e_s * 1000 if math.isfinite(slo.e2e_s) else None,
+        "derivation": scene.slo_derivation,
     }
 
 

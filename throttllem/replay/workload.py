@@ -46,6 +46,16 @@ class Workload:
         return len(self.arrival_s)
 
     @property
+    def span_s(self) -> float:
+        """From the first arrival to the last (1 s for fewer than two requests)."""
+        return float(self.arrival_s[-1] - self.arrival_s[0]) if len(self) > 1 else 1.0
+
+    @property
+    def rate_rps(self) -> float:
+        """The mean arrival rate over the span."""
+        return (len(self) - 1) / self.span_s if len(self) > 1 else 0.0
+
+    @property
     def truncated(self) -> int:
         return int(self.cut.sum())
 
