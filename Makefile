@@ -6,19 +6,24 @@ BIN := $(VENV)/bin
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 UV_PIP = $(BIN)/uv pip install --quiet --python $(BIN)/python
 
-.PHONY: run test lint
+.PHONY: run test lint checks
 
 run: $(VENV)/.installed-twin
 	$(BIN)/throttllem run
 
 test: $(VENV)/.installed-twin-dev-training-reports
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory checks
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev
+	$(MAKE) --no-print-directory checks
+
+# Style, the import rules (pyproject.toml's contracts), and strict types on the pure packages.
+checks:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -1,5 +1,6 @@
 """The OpenAI-compatible gateway: what clients touch.
 
-It owns HTTP, the OpenAI schemas, the backend clients, the state store and the
-metrics; every decision it takes comes from `governor/` and `predictor/`.
+The HTTP service only: routes, OpenAI schemas, backend clients, the admission queue,
+metrics. Its collaborators (scoreboard, planner, predictors, a handle to poke the
+governor) are built by the composition root and handed to `create_app`.
 """

@@ -1,10 +1,10 @@
 """Admission: a request reaches the engine only when the planner says every promise holds.
 
-Those that must wait sit in a bounded queue ordered by their first-token deadline; one
-task per worker admits from its head whenever a request leaves the board, and every
-window in any case. A request that would miss its own promise even at the highest clock
-is not made to wait (waiting cannot help it): it is served at once and counted as lost.
-Without predictors there is no planner, and everything is admitted at once.
+The queue's rules — deadline order, only the head tried, a lost request served at once,
+everything at once without predictors — are the planner's (slo_planner/admission_queue.py);
+this is their driver on the wall clock against the scoreboard. One task per worker
+admits from the queue's head whenever a request leaves the board, and every window in
+any case; across workers, the scoreboard's compare-and-add decides who got the room.
 
 The same task keeps this worker's scoreboard entries alive (their TTL in Redis).
 """
@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.errors import QueueFullError
 from gateway.metrics import GatewayMetrics
-from gateway.planning import AdmissionPlanner, Verdict
-from gateway.state import RequestEntry, StateStore
-from governor.cancellation import raise_if_cancelled
+from predictor.board import Board, Requests
+from slo_planner.admission import AdmissionPlanner, Verdict
+from slo_planner.admission_queue import AdmissionQueue
+from slo_scoreboard.board import board_of, requests_of
+from slo_scoreboard.cancellation import raise_if_cancelled
+from slo_scoreboard.store import RequestEntry, Snapshot, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,11 @@ class Admitted:
     waited_s: float
 
 
-@dataclass(order=True)
+@dataclass
 class _Waiter:
-    deadline_s: float
-    sequence: int
-    entry: RequestEntry = field(compare=False)
-    queued_at_s: float = field(compare=False)
-    admitted: asyncio.Future[Admitted] = field(compare=False)
+    entry: RequestEntry
+    queued_at_s: float
+    admitted: asyncio.Future[Admitted]
 
 
 class Admission:
@@ -62,20 +61,20 @@ class Admission:
         self._store = store
         self._planner = planner
         self._metrics = metrics
-        self._max_queue = max_queue
         self._retry_after_s = retry_after_s
         self._window_s = window_s
         self._refresh_every_s = refresh_every_s
         self._now_s = wall_clock_s
-        self._queue: list[_Waiter] = []
-        self._sequence = itertools.count()
+        self._queue: AdmissionQueue[_Waiter] = AdmissionQueue(
+            planner, _rows_of, max_waiting=max_queue, abandoned=_client_left
+        )
         self._wake = asyncio.Event()
         self._owned: set[str] = set()
         self._attempt = asyncio.Lock()
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._queue if not w.admitted.done())
+        return self._queue.waiting
 
     async def enter(self, entry: RequestEntry) -> Admitted:
         """Put `entry` on the scoreboard, waiting for room if need be.
@@ -83,24 +82,18 @@ class Admission:
         Raises QueueFullError when too many wait already. If the caller is cancelled
         (the client left), nothing of it stays on the board or in the queue."""
         started_s = time.monotonic()
-        if not self._queue:  # nobody ahead of it: try at once
-            lost = await self._try(entry)
+        if self._queue.empty:  # nobody ahead of it: try at once
+            lost = await self._try_at_once(entry)
             if lost is not None:
                 return self._admitted(entry, lost, started_s)
-        if self.waiting >= self._max_queue:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(entry, queued_at_s=started_s, admitted=loop.create_future())
+        if not self._queue.enqueue(waiter, deadline_s=entry.arrival_s + entry.ttft_slo_s):
             self._metrics.admissions.labels("queue_full").inc()
             raise QueueFullError(
                 f"{self.waiting} requests are waiting for admission already; retry later",
                 self._retry_after_s,
             )
-        waiter = _Waiter(
-            deadline_s=entry.arrival_s + entry.ttft_slo_s,
-            sequence=next(self._sequence),
-            entry=entry,
-            queued_at_s=started_s,
-            admitted=asyncio.get_running_loop().create_future(),
-        )
-        heapq.heappush(self._queue, waiter)
         self._metrics.queue_length.set(self.waiting)
         self._wake.set()
         try:
@@ -129,7 +122,7 @@ class Admission:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                await self._admit_from_queue()
+                await self.admit_waiting()
                 if time.monotonic() - refreshed_s >= self._refresh_every_s and self._owned:
                     await self._store.refresh(list(self._owned))
                     refreshed_s = time.monotonic()
@@ -137,45 +130,66 @@ class Admission:
                 log.exception("admission: an attempt failed; retrying next window")
             raise_if_cancelled()  # a Redis call may have swallowed the shutdown's cancel
 
-    async def _admit_from_queue(self) -> None:
-        while self._queue:
-            head = self._queue[0]
-            if head.admitted.done():  # its client left
-                heapq.heappop(self._queue)
-                continue
-            lost = await self._try(head.entry)
-            if lost is None:
-                return  # the most urgent cannot go yet; nobody jumps ahead of it
-            heapq.heappop(self._queue)
-            self._metrics.queue_length.set(self.waiting)
-            if head.admitted.done():  # it left while we admitted it
-                await self.release(head.entry.request_id)
-                continue
-            head.admitted.set_result(self._admitted(head.entry, lost, head.queued_at_s))
+    async def admit_waiting(self) -> None:
+        while await self._admit_head():
+            pass
 
-    async def _try(self, entry: RequestEntry) -> bool | None:
+    async def _admit_head(self) -> bool:
+        """Admit the queue's head if the planner lets it go now: whether one went."""
+        async with self._attempt:
+            for _ in range(_RACES_BEFORE_QUEUEING):
+                snapshot = await self._store.snapshot()
+                going = self._queue.next_to_admit(self._board(snapshot))
+                if going is None:
+                    return False
+                head, verdict = going
+                if not await self._store.admit(head.entry, snapshot.version):
+                    continue  # another worker changed the board: decide again
+                self._queue.pop_head()
+                self._owned.add(head.entry.request_id)
+                self._metrics.queue_length.set(self.waiting)
+                if head.admitted.done():  # it left while we admitted it
+                    await self.release(head.entry.request_id)
+                else:
+                    lost = verdict is Verdict.LOST
+                    head.admitted.set_result(self._admitted(head.entry, lost, head.queued_at_s))
+                return True
+            return False  # other workers keep changing the board: retry shortly
+
+    async def _try_at_once(self, entry: RequestEntry) -> bool | None:
         """Admit it if the planner allows: whether it is lost; None if it must wait.
 
         One attempt at a time per worker: concurrent attempts of one worker would only
         move each other's version and retry; across workers, compare-and-add decides."""
         async with self._attempt:
-            return await self._try_alone(entry)
+            candidate = _Waiter(entry, 0.0, asyncio.get_running_loop().create_future())
+            for _ in range(_RACES_BEFORE_QUEUEING):
+                snapshot = await self._store.snapshot()
+                verdict = self._queue.verdict(self._board(snapshot), candidate)
+                if verdict is Verdict.WAIT:
+                    return None
+                if await self._store.admit(entry, snapshot.version):
+                    self._owned.add(entry.request_id)
+                    return verdict is Verdict.LOST
+            return None  # other workers keep changing the board: queue, and retry shortly
 
-    async def _try_alone(self, entry: RequestEntry) -> bool | None:
-        for _ in range(_RACES_BEFORE_QUEUEING):
-            snapshot = await self._store.snapshot()
-            verdict = Verdict.ADMIT
-            if self._planner is not None:
-                verdict = self._planner.verdict(snapshot.entries, entry, self._now_s())
-            if verdict is Verdict.WAIT:
-                return None
-            if await self._store.admit(entry, snapshot.version):
-                self._owned.add(entry.request_id)
-                return verdict is Verdict.LOST
-        return None  # other workers keep changing the board: queue, and retry shortly
+    def _board(self, snapshot: Snapshot) -> Board | None:
+        """None without a planner: there is nothing to plan, the queue admits everyone."""
+        planner = self._planner
+        if planner is None:
+            return None
+        return board_of(snapshot.entries, self._now_s(), planner.engine)
 
     def _admitted(self, entry: RequestEntry, lost: bool, started_s: float) -> Admitted:
         waited_s = time.monotonic() - started_s
         self._metrics.queue_time_s.observe(waited_s)
         self._metrics.admissions.labels("lost" if lost else "admitted").inc()
         return Admitted(lost=lost, waited_s=waited_s)
+
+
+def _rows_of(waiter: _Waiter) -> Requests:
+    return requests_of([waiter.entry])
+
+
+def _client_left(waiter: _Waiter) -> bool:
+    return waiter.admitted.done()

@@ -16,7 +16,7 @@ from gateway.backends.base import GenerationChunk, GenerationRequest
 from gateway.schemas import FinishReason
 from gateway.services import Services
 from gateway.slo import RequestSlo
-from gateway.state import RequestEntry
+from slo_scoreboard.store import RequestEntry
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -131,7 +131,7 @@ class Generation:
         self._last_token_s = now_s
         # The first token moves it from queued to running; after that, the board needs its
         # count once per decision window, not once per token (a Redis write each).
-        window_s = self._services.settings.governor_window_ms / 1000
+        window_s = self._services.parts.decision_window_s
         if self._recorded_s is None or now_s - self._recorded_s >= window_s:
             self._recorded_s = now_s
             wall_s = self._arrival_wall_s + (now_s - self._arrival_s)

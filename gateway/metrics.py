@@ -12,17 +12,15 @@ ignored in one process).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from gateway.predictions import Predictions
-from governor.loop import GovernorStatus
+from predictor.loading import Predictions
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _TBT_BUCKETS_S = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.5, 1)
@@ -142,10 +140,11 @@ class GatewayMetrics:
         gauge.set(0)
         return lambda degraded: gauge.set(1 if degraded else 0)
 
-    def watch_governor(self, status: GovernorStatus) -> None:
-        """Export the governor's clock, power and energy, read fresh at every scrape; with
-        several workers, those of the worker that answers the scrape."""
-        self.registry.register(_GovernorCollector(status))
+    def watch(self, collector: Collector) -> None:
+        """Export another part's values, read fresh at every scrape (the embedded
+        governor's clock, power and energy); with several workers, those of the worker
+        that answers the scrape."""
+        self.registry.register(collector)
 
 
 def _all_workers_registry(shared: Path) -> CollectorRegistry:
@@ -193,51 +192,3 @@ def _is_running(pid: int) -> bool:
     except PermissionError:
         return True  # it runs, as another user
     return True
-
-
-def governor_registry(status: GovernorStatus) -> CollectorRegistry:
-    """The governor's gauges alone: what `throttllem govern` serves on its metrics port."""
-    registry = CollectorRegistry()
-    registry.register(_GovernorCollector(status))
-    return registry
-
-
-class _GovernorCollector(Collector):
-    def __init__(self, status: GovernorStatus) -> None:
-        self._status = status
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        status = self._status
-        gauges = [
-            ("throttllem_gpu_clock_mhz", "Graphics clock in force, MHz.", status.current_clock_mhz),
-            (
-                "throttllem_gpu_target_clock_mhz",
-                "Clock the governor asked for, MHz.",
-                status.target_clock_mhz,
-            ),
-            ("throttllem_gpu_power_watts", "Power of the instance's GPUs, W.", status.power_w),
-            (
-                "throttllem_gpu_energy_joules",
-                "Energy of the instance's GPUs since their counters' origin, J.",
-                None if status.energy_mj is None else status.energy_mj / 1000,
-            ),
-            ("throttllem_governor_decisions", "Clock decisions taken so far.", status.decisions),
-            (
-                "throttllem_governor_clock_changes",
-                "Clock changes applied so far.",
-                status.clock_changes,
-            ),
-            (
-                "throttllem_governor_held_changes",
-                "Lower clocks held back by the minimum dwell so far.",
-                status.held_changes,
-            ),
-            (
-                "throttllem_governor_decision_ms",
-                "Time the last decision took, ms.",
-                status.last_decision_ms,
-            ),
-        ]
-        for name, documentation, value in gauges:
-            if value is not None:
-                yield GaugeMetricFamily(name, documentation, value=float(value))

@@ -13,8 +13,8 @@ import logging
 
 from redis.exceptions import RedisError
 
-from governor.cancellation import raise_if_cancelled
-from governor.scaling import ScalingChannel
+from slo_scoreboard.cancellation import raise_if_cancelled
+from slo_scoreboard.scaling_channel import ScalingChannel
 
 log = logging.getLogger(__name__)
 

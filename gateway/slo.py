@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.errors import InvalidRequestError
-from gateway.settings import Settings
+from gateway.settings import GatewaySettings
 
 TTFT_HEADER, TPOT_HEADER, E2E_HEADER = "x-slo-ttft-ms", "x-slo-tpot-ms", "x-slo-e2e-ms"
 
@@ -23,7 +23,7 @@ class RequestSlo:
     e2e_s: float  # inf: no deadline
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str], settings: Settings) -> RequestSlo:
+    def from_headers(cls, headers: Mapping[str, str], settings: GatewaySettings) -> RequestSlo:
         e2e_default_ms = settings.slo_e2e_ms if settings.slo_e2e_ms is not None else math.inf
         return cls(
             ttft_s=_milliseconds(headers, TTFT_HEADER, settings.slo_ttft_ms) / 1000,

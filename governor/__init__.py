@@ -1,5 +1,7 @@
-"""The governor: decides the lowest GPU clock that keeps every promise, and applies it.
+"""The governor: applies the planner's decisions to GPUs and Triton.
 
-It knows nothing of HTTP or OpenAI: it reads a board of requests and talks to GPUs
-through the `GpuClock` interface.
+The clock loop, the GPU backends (NVML, observe-only, the twin's control API),
+leadership and fencing, the watchdog, the instance scaler and Triton's repository
+client, and its own metrics. It reads the scoreboard (slo_scoreboard/) and asks the
+planner (slo_planner/); it imports nothing of the HTTP gateway.
 """

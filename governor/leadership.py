@@ -38,7 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from governor.cancellation import raise_if_cancelled
+from slo_scoreboard.cancellation import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,9 @@
-"""The clock loop: every window (or when poked), decide the clock and apply it.
+"""The clock loop: the governor's pass (slo_planner/clock_steps.py) on the wall clock.
 
-Whatever happens — cancellation, an error, shutdown — the GPUs are handed back to
-their default clocks on the way out. Saving energy must never cost availability.
-
-Two guards keep the clock from flapping and the plan honest:
-
-- Minimum dwell: a lower clock is applied only once `min_dwell_s` has passed since the
-  last change. A higher clock is always applied at once: raising protects the SLOs.
-- Switch latency: a new clock takes `switch_latency_s` to come into force, so the policy
-  plans from `now + switch_latency_s`. This is conservative either way: it assumes no
-  token is produced during the switch, while the deadlines keep approaching.
+Every window, or when poked, it asks the policy for a clock and applies what the pass
+lets through (the minimum dwell, the switch latency). Whatever happens — cancellation,
+an error, shutdown — the GPUs are handed back to their default clocks on the way out.
+Saving energy must never cost availability.
 """
 
 from __future__ import annotations
@@ -20,11 +14,12 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from governor.cancellation import raise_if_cancelled
 from governor.gpu.base import GpuClock, GpuError
+from slo_planner.clock_steps import ClockCounts, ClockSteps
+from slo_scoreboard.cancellation import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +41,35 @@ class HighestClock:
 
 @dataclass
 class GovernorStatus:
-    """What the loop last saw and did; the gateway's metrics read it at scrape time.
+    """What the loop last saw and did; the metrics read it at scrape time. Decisions per
+    second is the rate of `decisions`; `held_changes` counts lower clocks not applied
+    (yet) because of the minimum dwell."""
 
-    Decisions per second is the rate of `decisions`; `held_changes` counts lower clocks
-    not applied (yet) because of the minimum dwell."""
-
-    target_clock_mhz: int | None = None
-    applied_clock_mhz: int | None = None
+    steps: ClockCounts = field(default_factory=ClockCounts)
     current_clock_mhz: int | None = None
     power_w: float | None = None
     energy_mj: float | None = None
-    decisions: int = 0
-    clock_changes: int = 0
-    held_changes: int = 0
-    fenced_changes: int = 0  # refused: the fencing token was no longer current
     last_decision_ms: float | None = None
-    last_error: str | None = None
+
+    @property
+    def target_clock_mhz(self) -> int | None:
+        return self.steps.target_clock_mhz
+
+    @property
+    def applied_clock_mhz(self) -> int | None:
+        return self.steps.applied_clock_mhz
+
+    @property
+    def decisions(self) -> int:
+        return self.steps.decisions
+
+    @property
+    def clock_changes(self) -> int:
+        return self.steps.clock_changes
+
+    @property
+    def held_changes(self) -> int:
+        return self.steps.held_changes
 
 
 class ClockGovernor:
@@ -84,42 +92,46 @@ class ClockGovernor:
         governor that was replaced changes nothing even before it learns it lost the lead."""
         if not gpus:
             raise ValueError("a governor needs at least one GPU")
-        if min_dwell_s < 0 or switch_latency_s < 0:
-            raise ValueError("min_dwell_s and switch_latency_s must not be negative")
         self._gpus = list(gpus)
         self._policy = policy
-        self._window_s = window_s
+        self._steps = ClockSteps(window_s, min_dwell_s, switch_latency_s)
         self._clock_s = clock_s
         self._monotonic_s = monotonic_s
-        self._min_dwell_s = min_dwell_s
-        self._switch_latency_s = switch_latency_s
         self._on_decision = on_decision
         self._may_actuate = may_actuate
-        self._last_change_s: float | None = None
         self._wake = asyncio.Event()
-        self.status = GovernorStatus()
+        self._supported: list[int] | None = None
+        self.status = GovernorStatus(self._steps.counts)
 
     def poke(self) -> None:
         """Decide now rather than at the end of the window (an admission or a completion)."""
+        self._steps.poke()
         self._wake.set()
 
+    def due(self) -> bool:
+        """Whether a pass is due now: a window after the last one, or poked."""
+        return self._steps.due(self._monotonic_s())
+
     async def run(self) -> None:
-        supported: list[int] | None = None
         try:
             while True:
-                try:
-                    supported = supported or await self._gpus[0].supported_clocks_mhz()
-                    await self._decide(supported)
-                    await self._observe()
-                except GpuError as error:
-                    self.status.last_error = str(error)
-                    log.warning("governor: %s", error)
-                if self._on_decision is not None:
-                    self._on_decision()
+                await self.pass_once()
                 raise_if_cancelled()  # a Redis read in the policy may have swallowed it
                 await self._sleep()
         finally:
             await self._reset_all()
+
+    async def pass_once(self) -> None:
+        """One pass: decide, apply what the dwell lets through, observe the GPUs."""
+        try:
+            self._supported = self._supported or await self._gpus[0].supported_clocks_mhz()
+            await self._decide(self._supported)
+            await self._observe()
+        except GpuError as error:
+            self._steps.failed(self._monotonic_s())
+            log.warning("governor: %s", error)
+        if self._on_decision is not None:
+            self._on_decision()
 
     async def aclose(self) -> None:
         for gpu in self._gpus:
@@ -127,46 +139,34 @@ class ClockGovernor:
 
     async def _decide(self, supported: list[int]) -> None:
         started_s = time.perf_counter()
-        chosen = self._policy.target_clock_mhz(supported, self._clock_s() + self._switch_latency_s)
+        chosen = self._policy.target_clock_mhz(
+            supported, self._steps.planning_time_s(self._clock_s())
+        )
         target_mhz = await chosen if inspect.isawaitable(chosen) else chosen
-        self.status.target_clock_mhz = target_mhz
-        self.status.decisions += 1
         self.status.last_decision_ms = (time.perf_counter() - started_s) * 1000
-        applied_mhz = self.status.applied_clock_mhz
-        if target_mhz == applied_mhz:
-            return
         now_s = self._monotonic_s()
-        lowering = applied_mhz is not None and target_mhz < applied_mhz
-        if (
-            lowering
-            and self._last_change_s is not None
-            and now_s - self._last_change_s < self._min_dwell_s
-        ):
-            self.status.held_changes += 1
+        apply_mhz = self._steps.decide(target_mhz, now_s)
+        if apply_mhz is None:
             return
         if self._may_actuate is not None and not await self._may_actuate():
-            self.status.fenced_changes += 1
             log.warning("governor: a newer leader holds the instance: %d MHz not applied",
-                        target_mhz)  # fmt: skip
+                        apply_mhz)  # fmt: skip
             return
         for gpu in self._gpus:
-            await gpu.lock_clock(target_mhz)
-        self.status.applied_clock_mhz = target_mhz
-        self.status.clock_changes += 1
-        self._last_change_s = now_s
-        log.info("governor: clock locked at %d MHz", target_mhz)
+            await gpu.lock_clock(apply_mhz)
+        self._steps.applied(apply_mhz, now_s)
+        log.info("governor: clock locked at %d MHz", apply_mhz)
 
     async def _observe(self) -> None:
         self.status.current_clock_mhz = await self._gpus[0].clock_mhz()
         self.status.power_w = sum([await gpu.power_w() for gpu in self._gpus])
         self.status.energy_mj = sum([await gpu.energy_mj() for gpu in self._gpus])
-        self.status.last_error = None
 
     async def _sleep(self) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
         # lands as its timeout fires, and the loop then never resets the clocks.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._window_s):
+            async with asyncio.timeout(max(0.0, self._steps.next_pass_s - self._monotonic_s())):
                 await self._wake.wait()
         self._wake.clear()
 
@@ -176,6 +176,5 @@ class ClockGovernor:
                 await gpu.reset_clock()
             except GpuError as error:
                 log.error("governor: could not reset the clock on the way out: %s", error)
-        self.status.applied_clock_mhz = None
-        self._last_change_s = None
+        self._steps.reset()
         log.info("governor: clocks reset to default")

@@ -1,11 +1,12 @@
-"""The instance scaler's loop: measure the arrival rate, pick a size, move to it safely.
+"""The instance scaler's loop: the scaling rounds (slo_planner/scaling.py) on the wall
+clock, applied to Triton.
 
 Every `interval_s` (the paper: 10 s) it reads the arrivals counter the gateways add to,
-and asks the `ScalingPolicy` for a size. A new size is started in the shadow — loaded
-through Triton's repository API while the current engine keeps serving — and traffic
-moves (the route changes) only once it answers ready. The engine left behind keeps its
-running requests and is unloaded after `drain_s`; if the rate comes back first, it is
-reused instead. A load that fails or never becomes ready leaves traffic where it was.
+and the rounds pick a size. A new size is started in the shadow — loaded through
+Triton's repository API while the current engine keeps serving — and traffic moves (the
+route changes) only once it answers ready. The engine left behind keeps its running
+requests and is unloaded after `drain_s`; if the rate comes back first, it is reused
+instead. A load that fails or never becomes ready leaves traffic where it was.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
-from governor.cancellation import raise_if_cancelled
-from governor.scaling import EngineSize, ScalingChannel, ScalingPolicy
 from governor.triton_repository import RepositoryError, TritonRepository
-
-if TYPE_CHECKING:
-    from gateway.settings import Settings
+from slo_planner.scaling import EngineSize, ScalingPolicy, ScalingSteps
+from slo_scoreboard.cancellation import raise_if_cancelled
+from slo_scoreboard.scaling_channel import ScalingChannel
 
 log = logging.getLogger(__name__)
 
@@ -42,48 +40,32 @@ class InstanceScaler:
     ) -> None:
         """`may_act`, asked before every move, is the leader's fencing check."""
         self.policy = policy
-        self.current = policy.sizes[0]
-        self.rate_rps: float | None = None
+        self.steps = ScalingSteps(policy, policy.sizes[0], drain_s)
         self._channel = channel
         self._repository = repository
         self._interval_s = interval_s
-        self._drain_s = drain_s
         self._ready_timeout_s = ready_timeout_s
         self._clock = clock
-        self._last_count: tuple[int, float] | None = None
         self._unloads: dict[str, asyncio.Task[None]] = {}
         self._may_act = may_act
 
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        channel: ScalingChannel,
-        may_act: Callable[[], Awaitable[bool]] | None = None,
-    ) -> InstanceScaler:
-        token = settings.triton_repository_token
-        repository = TritonRepository(
-            settings.backend_url, access_header=("triton-access-token", token) if token else None
-        )
-        policy = ScalingPolicy(
-            settings.engine_sizes, settings.scale_headroom, settings.scale_grace_s
-        )
-        return cls(
-            policy,
-            channel,
-            repository,
-            interval_s=settings.scale_interval_s,
-            drain_s=settings.scale_drain_s,
-            may_act=may_act,
-        )
+    @property
+    def current(self) -> EngineSize:
+        return self.steps.current
+
+    @property
+    def rate_rps(self) -> float | None:
+        return self.steps.rate_rps
 
     async def start(self, default_model: str) -> None:
-        """Take up the route a previous scaler left, else the size serving `default_model`."""
+        """Take up the route a previous scaler left, else the size serving `default_model`;
+        the rate is measured from here."""
         by_model = {size.triton_model: size for size in self.policy.sizes}
         route = await self._channel.route()
-        self.current = by_model.get(route or default_model, self.policy.sizes[0])
+        self.steps.current = by_model.get(route or default_model, self.policy.sizes[0])
         if route != self.current.triton_model:
             await self._channel.set_route(self.current.triton_model)
+        self.steps.count(await self._channel.arrivals(), self._clock())
         log.info("instance scaling: serving on %s (%s)", self.current.label,
                  self.current.triton_model)  # fmt: skip
 
@@ -105,13 +87,8 @@ class InstanceScaler:
 
     async def step(self) -> EngineSize:
         """One round: the rate since the last round, and a move if the policy wants one."""
-        arrivals, now_s = await self._channel.arrivals(), self._clock()
-        last, self._last_count = self._last_count, (arrivals, now_s)
-        if last is None or now_s <= last[1]:
-            return self.current
-        self.rate_rps = (arrivals - last[0]) / (now_s - last[1])
-        target = self.policy.target(self.rate_rps, self.current, now_s)
-        if target != self.current:
+        target = self.steps.round(await self._channel.arrivals(), self._clock())
+        if target is not None:
             await self.move_to(target)
         return self.current
 
@@ -128,10 +105,10 @@ class InstanceScaler:
                         self.rate_rps or 0.0, target.label, target.triton_model)  # fmt: skip
             if not await self._load(target):
                 return False
-        previous, self.current = self.current, target
+        previous, _ = self.steps.moved(target, self._clock())
         await self._channel.set_route(target.triton_model)
         log.warning("instance scaling: traffic moved from %s to %s; %s unloads in %g s",
-                    previous.label, target.label, previous.label, self._drain_s)  # fmt: skip
+                    previous.label, target.label, previous.label, self.steps.drain_s)  # fmt: skip
         self._unloads[previous.triton_model] = asyncio.create_task(self._unload_later(previous))
         return True
 
@@ -151,8 +128,9 @@ class InstanceScaler:
 
     async def _unload_later(self, size: EngineSize) -> None:
         try:
-            await asyncio.sleep(self._drain_s)
+            await asyncio.sleep(self.steps.drain_s)
             await self._repository.unload(size.triton_model)
+            self.steps.unloaded(size)
             log.warning("instance scaling: unloaded %s (%s)", size.label, size.triton_model)
         except RepositoryError as error:
             log.error("instance scaling: %s stays loaded: %s", size.label, error)

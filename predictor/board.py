@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import numpy.typing as npt
+
+from predictor.arrays import FloatArray, IntArray
 
 
-def _floats(values: object = ()) -> np.ndarray:
+def _floats(values: npt.ArrayLike = ()) -> FloatArray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
-def _ints(values: object = ()) -> np.ndarray:
+def _ints(values: npt.ArrayLike = ()) -> IntArray:
     return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
@@ -25,21 +28,39 @@ def _ints(values: object = ()) -> np.ndarray:
 class Requests:
     """Columns over requests; running and queued boards use the same shape."""
 
-    arrival_s: np.ndarray = field(default_factory=_floats)
-    prompt_tokens: np.ndarray = field(default_factory=_ints)
-    generated_tokens: np.ndarray = field(default_factory=_ints)
-    remaining_tokens: np.ndarray = field(default_factory=_ints)  # predicted, >= 1
-    ttft_slo_s: np.ndarray = field(default_factory=_floats)
-    tbt_slo_s: np.ndarray = field(default_factory=_floats)
-    e2e_deadline_s: np.ndarray = field(default_factory=_floats)  # absolute
+    arrival_s: FloatArray = field(default_factory=_floats)
+    prompt_tokens: IntArray = field(default_factory=_ints)
+    generated_tokens: IntArray = field(default_factory=_ints)
+    remaining_tokens: IntArray = field(default_factory=_ints)  # predicted, >= 1
+    ttft_slo_s: FloatArray = field(default_factory=_floats)
+    tbt_slo_s: FloatArray = field(default_factory=_floats)
+    e2e_deadline_s: FloatArray = field(default_factory=_floats)  # absolute
 
     def __len__(self) -> int:
         return len(self.arrival_s)
 
     @classmethod
-    def of(cls, **columns: object) -> Requests:
-        floats = {"arrival_s", "ttft_slo_s", "tbt_slo_s", "e2e_deadline_s"}
-        return cls(**{k: (_floats(v) if k in floats else _ints(v)) for k, v in columns.items()})
+    def of(
+        cls,
+        *,
+        arrival_s: npt.ArrayLike = (),
+        prompt_tokens: npt.ArrayLike = (),
+        generated_tokens: npt.ArrayLike = (),
+        remaining_tokens: npt.ArrayLike = (),
+        ttft_slo_s: npt.ArrayLike = (),
+        tbt_slo_s: npt.ArrayLike = (),
+        e2e_deadline_s: npt.ArrayLike = (),
+    ) -> Requests:
+        """Requests from any array-likes (lists, scalars), as float64 and int64 columns."""
+        return cls(
+            arrival_s=_floats(arrival_s),
+            prompt_tokens=_ints(prompt_tokens),
+            generated_tokens=_ints(generated_tokens),
+            remaining_tokens=_ints(remaining_tokens),
+            ttft_slo_s=_floats(ttft_slo_s),
+            tbt_slo_s=_floats(tbt_slo_s),
+            e2e_deadline_s=_floats(e2e_deadline_s),
+        )
 
     def append(self, other: Requests) -> Requests:
         return Requests(
@@ -50,7 +71,7 @@ class Requests:
         )
 
     @property
-    def context_tokens(self) -> np.ndarray:
+    def context_tokens(self) -> IntArray:
         return self.prompt_tokens + self.generated_tokens
 
 

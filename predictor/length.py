@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from predictor.arrays import Float32Array, FloatArray, IntArray
 from predictor.errors import ModelFileError
-from predictor.onnx_file import load_onnx
+from predictor.onnx_file import OnnxSession, load_onnx
 
 LENGTH_METADATA_KEY = "throttllem.length_model"
 
@@ -30,7 +32,7 @@ _LEADING_TOKENS = 3
 _LEADING_WEIGHT = 2.0  # "Write…", "List…", "What is…": how a prompt opens says a lot
 
 
-def prompt_features(token_ids: list[int] | np.ndarray, hash_buckets: int) -> np.ndarray:
+def prompt_features(token_ids: Sequence[int] | IntArray, hash_buckets: int) -> Float32Array:
     """One row: hashed counts of tokens, token pairs and leading tokens (L2-normalised),
     then the log of the prompt's length."""
     ids = np.asarray(token_ids, dtype=np.int64)
@@ -63,7 +65,7 @@ class LengthSpec:
         asked, used = zip(*self.calibration, strict=True)
         return float(np.interp(q, asked, used))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "edges": list(self.edges),
             "within": [list(w) for w in self.within],
@@ -85,7 +87,7 @@ class LengthSpec:
 class LengthPrediction:
     """The predicted distribution of one answer's length, in tokens."""
 
-    probabilities: np.ndarray  # per bucket
+    probabilities: FloatArray  # per bucket
     spec: LengthSpec
     max_tokens: int | None = None
 
@@ -114,10 +116,10 @@ class LengthPrediction:
         return self.quantile(q, generated_so_far) - generated_so_far
 
     @cached_property
-    def _cdf_points(self) -> tuple[np.ndarray, np.ndarray]:
+    def _cdf_points(self) -> tuple[FloatArray, FloatArray]:
         return self._cdf()
 
-    def _cdf(self) -> tuple[np.ndarray, np.ndarray]:
+    def _cdf(self) -> tuple[FloatArray, FloatArray]:
         """Piecewise-linear CDF through every bucket's within-bucket quantiles."""
         grid, cdf, mass = [0.0], [0.0], 0.0
         for probability, within in zip(self.probabilities, self.spec.within, strict=True):
@@ -148,7 +150,7 @@ def conditional_remaining(quantiles: Sequence[int], generated: int) -> int:
     return int(conditional_remaining_rows(rows, np.asarray([generated]))[0])
 
 
-def conditional_remaining_rows(quantiles: np.ndarray, generated: np.ndarray) -> np.ndarray:
+def conditional_remaining_rows(quantiles: npt.ArrayLike, generated: npt.ArrayLike) -> IntArray:
     """`conditional_remaining` for many requests at once: one row of lengths each.
 
     Per row, a piecewise-linear CDF through (0, 0) and (length at level, level): the
@@ -175,7 +177,7 @@ def conditional_remaining_rows(quantiles: np.ndarray, generated: np.ndarray) -> 
     back = np.minimum(np.searchsorted(cdf, target, side="right") - 1, points - 2)
     c0, c1 = cdf[back], cdf[back + 1]
     y0, y1 = grid[rows, back], grid[rows, back + 1]
-    length = y0 + np.minimum((target - c0) / (c1 - c0), 1.0) * (y1 - y0)
+    length: FloatArray = y0 + np.minimum((target - c0) / (c1 - c0), 1.0) * (y1 - y0)
     slope = (lengths[:, -1] - lengths[:, -2]) / (levels[-1] - levels[-2])
     beyond = target > levels[-1]
     tail_from = np.maximum(lengths[:, -1], done)
@@ -197,19 +199,19 @@ class LengthPredictor:
         self.path = path
 
     def predict(
-        self, token_ids: list[int] | np.ndarray, max_tokens: int | None = None
+        self, token_ids: Sequence[int] | IntArray, max_tokens: int | None = None
     ) -> LengthPrediction:
         features = prompt_features(token_ids, self.spec.hash_buckets)[None, :]
         return LengthPrediction(self.predict_proba(features)[0], self.spec, max_tokens)
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+    def predict_proba(self, features: Float32Array | FloatArray) -> FloatArray:
         outputs = self._session.run(
             [self._probabilities], {self._input: features.astype(np.float32)}
         )
         return np.asarray(outputs[0], dtype=np.float64)
 
 
-def _probability_output(session: Any) -> str:
+def _probability_output(session: OnnxSession) -> str:
     names = [output.name for output in session.get_outputs()]
     for name in names:
         if "prob" in name:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
+import numpy.typing as npt
 
+from predictor.arrays import Float32Array, FloatArray, IntArray
 from predictor.errors import ModelFileError
 from predictor.onnx_file import load_onnx
 
@@ -33,7 +35,7 @@ class PerformanceGrid:
     max_clock_mhz: int
     clock_step_mhz: int
 
-    def clocks_mhz(self) -> np.ndarray:
+    def clocks_mhz(self) -> IntArray:
         """Ascending."""
         return np.arange(self.min_clock_mhz, self.max_clock_mhz + 1, self.clock_step_mhz)
 
@@ -59,7 +61,7 @@ class PerformanceModel:
         self._input = self._session.get_inputs()[0].name
         self.path = path
 
-    def ips(self, features: np.ndarray) -> np.ndarray:
+    def ips(self, features: npt.ArrayLike) -> FloatArray:
         """Iterations per second for rows of FEATURES."""
         output = self._session.run(None, {self._input: np.asarray(features, dtype=np.float32)})[0]
         return np.asarray(output, dtype=np.float64).reshape(-1)
@@ -68,7 +70,7 @@ class PerformanceModel:
 class PerformanceTable:
     """Iterations per second, precomputed over the grid: `ips[batch - 1, kv_bucket, clock]`."""
 
-    def __init__(self, ips: np.ndarray, grid: PerformanceGrid, kv_bucket_blocks: int) -> None:
+    def __init__(self, ips: Float32Array, grid: PerformanceGrid, kv_bucket_blocks: int) -> None:
         self.ips_table = ips
         self.grid = grid
         self.kv_bucket_blocks = kv_bucket_blocks
@@ -107,10 +109,21 @@ class PerformanceTable:
             raise ValueError(f"{clock_mhz} MHz is not on the profiled grid")
         return index
 
+    @overload
+    def ips(self, batch: int, kv_blocks: int, clock_index: int) -> np.float32: ...
+
+    @overload
+    def ips(self, batch: IntArray, kv_blocks: IntArray | int, clock_index: int) -> Float32Array: ...
+
+    @overload
+    def ips(self, batch: int, kv_blocks: IntArray, clock_index: int) -> Float32Array: ...
+
     def ips(
-        self, batch: np.ndarray | int, kv_blocks: np.ndarray | int, clock_index: int
-    ) -> np.ndarray:
-        """Vectorised lookup; batch sizes and KV beyond the grid are clamped to its edge."""
+        self, batch: IntArray | int, kv_blocks: IntArray | int, clock_index: int
+    ) -> Float32Array | np.float32:
+        """Vectorised lookup; batch sizes and KV beyond the grid are clamped to its edge.
+        One value for scalar arguments, else an array of their broadcast shape."""
         batch_index = np.clip(np.asarray(batch) - 1, 0, self.grid.max_batch - 1)
         kv_index = np.clip(np.asarray(kv_blocks) // self.kv_bucket_blocks, 0, self._last_bucket)
-        return self.ips_table[batch_index, kv_index, clock_index]
+        looked_up: Float32Array | np.float32 = self.ips_table[batch_index, kv_index, clock_index]
+        return looked_up

@@ -14,23 +14,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from predictor.arrays import IntArray
 from predictor.board import Board
 
 
 @dataclass(frozen=True)
 class Projection:
-    batch: np.ndarray  # [H] requests in iteration t
-    kv_blocks: np.ndarray  # [H] blocks in use after iteration t
-    prefill_tokens: np.ndarray  # [H] prompt tokens prefilled in iteration t
-    start: np.ndarray  # [N] first iteration of each request (running: 0), running then queued
-    end: np.ndarray  # [N] one past its last iteration (may exceed the horizon)
+    batch: IntArray  # [H] requests in iteration t
+    kv_blocks: IntArray  # [H] blocks in use after iteration t
+    prefill_tokens: IntArray  # [H] prompt tokens prefilled in iteration t
+    start: IntArray  # [N] first iteration of each request (running: 0), running then queued
+    end: IntArray  # [N] one past its last iteration (may exceed the horizon)
 
     @property
     def horizon(self) -> int:
         return len(self.batch)
 
 
-def queued_starts(board: Board) -> np.ndarray:
+def queued_starts(board: Board) -> IntArray:
     """The iteration each queued request starts in: FIFO into the first free slot."""
     free_now = board.max_batch - len(board.running)
     queued = len(board.queued)
@@ -98,40 +99,3 @@ def project(board: Board, horizon: int) -> Projection:
         start=start,
         end=end,
     )
-
-
-def project_reference(board: Board, horizon: int) -> Projection:
-    """The same projection, one iteration at a time: the specification the fast one meets."""
-    running = [
-        {"context": int(c), "left": int(r), "start": 0}
-        for c, r in zip(board.running.context_tokens, board.running.remaining_tokens, strict=True)
-    ]
-    waiting = [
-        {"context": int(p), "left": int(r), "index": len(running) + i}
-        for i, (p, r) in enumerate(
-            zip(board.queued.prompt_tokens, board.queued.remaining_tokens, strict=True)
-        )
-    ]
-    count = len(running) + len(waiting)
-    start = np.zeros(count, dtype=np.int64)
-    end = np.array([r["left"] for r in running] + [0] * len(waiting), dtype=np.int64)
-    batch, kv, prefill = [], [], []
-    active = list(running)
-    for t in range(horizon):
-        active = [r for r in active if r["left"] > 0]
-        filled = 0
-        while waiting and len(active) < board.max_batch:
-            request = waiting.pop(0)
-            start[request["index"]] = t
-            end[request["index"]] = t + request["left"]
-            filled += request["context"]
-            active.append(request)
-        for request in active:
-            request["context"] += 1
-            request["left"] -= 1
-        batch.append(len(active))
-        kv.append(sum(-(-r["context"] // board.tokens_per_block) for r in active))
-        prefill.append(filled)
-    for request in waiting:  # never started within the horizon: the fast one still places them
-        start[request["index"]] = -1
-    return Projection(np.array(batch), np.array(kv), np.array(prefill), start, end)

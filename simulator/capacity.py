@@ -19,12 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.bench import fit_to_window
 from simulator.engine import Engine
 from simulator.engine import Sequence as EngineSequence
 from simulator.engine_sizes import ensemble_model_name, size_label
 from simulator.profile import EngineProfile
-from simulator.traces import Trace
+from simulator.traces import Trace, fit_to_window
 
 DEFAULT_REQUESTS = 2000
 QUEUED = 2

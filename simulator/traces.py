@@ -63,3 +63,13 @@ def _timestamp_s(text: str) -> float:
     whole, _, fraction = text.strip().partition(".")
     seconds = datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").timestamp()
     return seconds + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+def fit_to_window(
+    prompt_tokens: int, output_tokens: int, window_tokens: int
+) -> tuple[int, int, bool]:
+    """Cut the prompt's head so prompt + output fits the context window."""
+    output_tokens = max(1, min(output_tokens, window_tokens - 1))
+    if prompt_tokens + output_tokens <= window_tokens:
+        return max(1, prompt_tokens), output_tokens, False
+    return window_tokens - output_tokens, output_tokens, True

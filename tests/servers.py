@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from throttllem.bench_gateway import free_ports
+from throttllem.bench.gateway import free_ports
 
 __all__ = ["free_ports", "processes_with_argument", "server_process", "wait_for_http"]
 

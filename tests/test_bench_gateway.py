@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from throttllem.bench_gateway import BenchOptions, bench_gateway, gateway_command
+from throttllem.bench.gateway import BenchOptions, bench_gateway, gateway_command
 
 
 def test_a_short_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

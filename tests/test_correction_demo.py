@@ -1,6 +1,6 @@
 """The online correction fixing a 10 %-optimistic performance model, on the twin in virtual time."""
 
-from throttllem.correction_demo import run
+from throttllem.bench.correction_demo import run
 
 
 def miss_share(rows, from_second: int) -> float:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from gateway.settings import Settings, settings_reference
+from throttllem.settings import Settings, settings_reference
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -11,7 +11,7 @@ def test_every_setting_has_a_description():
 
 
 def test_the_configuration_doc_shows_the_current_settings():
-    # Regenerate with: python -m gateway.settings
+    # Regenerate with: python -m throttllem.settings
     assert settings_reference() in DOC.read_text()
 
 

@@ -268,9 +268,9 @@ def _capacity(args: argparse.Namespace) -> int:
 
 
 def _bench_twin(args: argparse.Namespace) -> int:
-    from simulator.bench import bench_twin
     from simulator.profile import DEFAULT_PROFILE, UnknownProfileError
     from simulator.traces import TraceError
+    from throttllem.bench.twin import bench_twin
 
     try:
         bench_twin(args.trace, args.profile or DEFAULT_PROFILE, args.json)
@@ -281,7 +281,7 @@ def _bench_twin(args: argparse.Namespace) -> int:
 
 
 def _bench_gateway(args: argparse.Namespace) -> int:
-    from throttllem.bench_gateway import BenchOptions, bench_gateway
+    from throttllem.bench.gateway import BenchOptions, bench_gateway
 
     try:
         bench_gateway(args.json, BenchOptions(rate_per_s=args.rate, duration_s=args.duration_s))
@@ -322,6 +322,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _govern(args: argparse.Namespace) -> int:
-    from governor.govern import govern
+    from throttllem.govern import govern
 
     return govern(log_level=args.log_level)

@@ -137,9 +137,9 @@ def _profile(args: argparse.Namespace) -> int:
             print(f"throttllem profile: {error}", file=sys.stderr)
             return 2
     else:
-        from governor.gpu.simulated import SimulatedGpu
+        from governor.gpu.twin_client import TwinGpu
 
-        gpus = [SimulatedGpu.connect(args.gpu_control_url, index) for index in range(args.gpus)]
+        gpus = [TwinGpu.connect(args.gpu_control_url, index) for index in range(args.gpus)]
         target = LiveTarget(
             triton_url=args.target.rstrip("/"),
             metrics_url=args.metrics_url or f"{args.gpu_control_url.rstrip('/')}/metrics",
@@ -190,8 +190,8 @@ def _train_length(args: argparse.Namespace) -> int:
 
 
 def _bench_predictor(args: argparse.Namespace) -> int:
-    from predictor.bench import bench_predictor
     from predictor.errors import ModelFileError
+    from throttllem.bench.predictor import bench_predictor
 
     try:
         bench_predictor(args.length_model, args.performance_model, args.json)
@@ -215,7 +215,7 @@ def add_planner_bench(benches: Subparsers) -> None:
 
 
 def _bench_planner(args: argparse.Namespace) -> int:
-    from governor.bench import bench_planner
+    from throttllem.bench.planner import bench_planner
 
     bench_planner(args.json, repeats=args.repeats)
     return 0

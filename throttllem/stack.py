@@ -25,9 +25,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from gateway.app import create_app
 from gateway.metrics import MULTIPROC_DIR_VARIABLE
-from gateway.settings import GpuBackendKind, Settings
+from governor.settings import GpuBackendKind
+from throttllem.settings import Settings
+from throttllem.wiring import create_gateway_app
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def serve_gateway(host: str | None, port: int | None, workers: int = 1) -> int:
         return 2
     # Each worker process builds the app from the same THROTTLLEM_* environment.
     with shared_metrics_directory(), suppress(KeyboardInterrupt):
-        uvicorn.run("gateway.app:create_app", factory=True, host=settings.host,
+        uvicorn.run("throttllem.wiring:create_gateway_app", factory=True, host=settings.host,
                     port=settings.port, workers=workers, log_level="warning")  # fmt: skip
     return 0
 
@@ -138,7 +139,7 @@ def _with_address(settings: Settings, host: str | None, port: int | None) -> Set
 def _serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM; a requested stop is a normal exit, not an error."""
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning"
+        create_gateway_app(settings), host=settings.host, port=settings.port, log_level="warning"
     )
     with suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it shut down for
         uvicorn.Server(config).run()

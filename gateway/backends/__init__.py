@@ -7,10 +7,10 @@ from collections.abc import Callable
 from gateway.backends.base import Backend
 from gateway.backends.openai_compat import OpenAICompatibleBackend
 from gateway.backends.triton import TritonBackend
-from gateway.settings import BackendKind, Settings
+from gateway.settings import BackendKind, GatewaySettings
 
 
-def connect_backend(settings: Settings, route: Callable[[], str] | None = None) -> Backend:
+def connect_backend(settings: GatewaySettings, route: Callable[[], str] | None = None) -> Backend:
     """The client of the server `settings.backend_kind` names, at `settings.backend_url`;
     `route`, with instance scaling, names the Triton model that serves now."""
     if settings.backend_kind is BackendKind.openai:

@@ -25,7 +25,7 @@ async def scoreboard(services: ServicesDep) -> dict[str, Any]:
     ]  # fmt: skip
     return {
         "version": snapshot.version,
-        "instance": services.settings.instance,
+        "instance": services.parts.instance,
         "waiting_here": services.admission.waiting,
         "requests": entries,
     }

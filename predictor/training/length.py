@@ -11,13 +11,18 @@ import json
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from predictor.arrays import Float32Array, FloatArray, IntArray
 from predictor.length import LENGTH_METADATA_KEY, LengthPrediction, LengthSpec, prompt_features
 from predictor.tokenizer import PromptTokenizer
 from predictor.training.metrics import split_indices
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+    from sklearn.linear_model import LogisticRegression
 
 HASH_BUCKETS = 2048
 FOLDS = 3
@@ -30,7 +35,7 @@ REGULARISATION_GRID = (0.3, 1.0, 3.0)
 class LengthData:
     prompts: list[str]
     prompt_ids: list[list[int]]
-    lengths: np.ndarray
+    lengths: IntArray  # tokens
 
     @classmethod
     def from_responses(cls, path: Path, tokenizer: PromptTokenizer) -> LengthData:
@@ -50,11 +55,11 @@ class LengthData:
             lengths=np.array([max(1, tokenizer.count(pairs[p])) for p in prompts]),
         )
 
-    def features(self, indices: np.ndarray) -> np.ndarray:
+    def features(self, indices: IntArray) -> Float32Array:
         return np.stack([prompt_features(self.prompt_ids[i], HASH_BUCKETS) for i in indices])
 
 
-def bucket_spec(lengths: np.ndarray, context_window: int) -> LengthSpec:
+def bucket_spec(lengths: IntArray, context_window: int) -> LengthSpec:
     """Powers-of-two buckets (16, 32, ... up to the context window), empty ones merged
     into their lower neighbour, with each bucket's own length quantiles."""
     top = max(context_window, int(lengths.max()) + 1)
@@ -79,26 +84,26 @@ def bucket_spec(lengths: np.ndarray, context_window: int) -> LengthSpec:
     return LengthSpec(tuple(merged_edges), tuple(within), HASH_BUCKETS)
 
 
-def labels_of(lengths: np.ndarray, spec: LengthSpec) -> np.ndarray:
+def labels_of(lengths: IntArray, spec: LengthSpec) -> IntArray:
     return np.digitize(lengths, spec.edges[1:-1])
 
 
-def _classifier(c: float) -> Any:
+def _classifier(c: float) -> LogisticRegression:
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, max_iter=5000)
 
 
 def _fit(
-    features: np.ndarray, lengths: np.ndarray, spec: LengthSpec, seed: int
-) -> tuple[Any, LengthSpec]:
+    features: Float32Array, lengths: IntArray, spec: LengthSpec, seed: int
+) -> tuple[LogisticRegression, LengthSpec]:
     """Pick the regularisation by cross-validated log-loss on the training prompts (the
     planner uses the whole distribution, so a proper score picks it), calibrate the
     quantiles on the same out-of-fold predictions, then fit on all of them."""
     buckets = len(spec.edges) - 1
     labels = labels_of(lengths, spec)
     folds = np.array_split(np.random.default_rng(seed + 1).permutation(len(labels)), FOLDS)
-    best: tuple[float, float, np.ndarray] | None = None
+    best: tuple[float, float, FloatArray] | None = None
     for c in REGULARISATION_GRID:
         out_of_fold = np.zeros((len(labels), buckets))
         for fold in folds:
@@ -116,7 +121,7 @@ def _fit(
 
 
 def _calibration(
-    probabilities: np.ndarray, lengths: np.ndarray, spec: LengthSpec
+    probabilities: FloatArray, lengths: IntArray, spec: LengthSpec
 ) -> tuple[tuple[float, float], ...]:
     """For each asked quantile, the smallest model quantile whose bound covered as often."""
     predictions = [LengthPrediction(p, spec) for p in probabilities]
@@ -127,7 +132,7 @@ def _calibration(
             for u in candidates
         ]
     )
-    pairs = []
+    pairs: list[tuple[float, float]] = []
     for asked in CALIBRATED_QUANTILES:
         reaching = np.nonzero(coverage >= asked)[0]
         used = float(candidates[reaching[0]]) if len(reaching) else float(candidates[-1])
@@ -135,7 +140,7 @@ def _calibration(
     return tuple(pairs)
 
 
-def _full_proba(model: Any, features: np.ndarray, buckets: int) -> np.ndarray:
+def _full_proba(model: LogisticRegression, features: Float32Array, buckets: int) -> FloatArray:
     """Probabilities over every bucket, including any the fit never saw."""
     probabilities = np.zeros((len(features), buckets))
     probabilities[:, model.classes_] = model.predict_proba(features)
@@ -167,7 +172,7 @@ def train_length(
     final, final_spec = _fit(data.features(everything), data.lengths, final_spec, seed)
     if len(final.classes_) != len(final_spec.edges) - 1:  # bucket_spec merges empty buckets
         raise ValueError("every length bucket needs at least one answer")
-    onnx_model = convert_sklearn(
+    onnx_model: ModelProto = convert_sklearn(
         final,
         initial_types=[("features", FloatTensorType([None, HASH_BUCKETS + 1]))],
         options={id(final): {"zipmap": False}},
@@ -190,8 +195,8 @@ def train_length(
     return report
 
 
-def evaluate(model: Any, spec: LengthSpec, data: LengthData, train: np.ndarray, test: np.ndarray,
-             quantile: float) -> dict[str, Any]:  # fmt: skip
+def evaluate(model: LogisticRegression, spec: LengthSpec, data: LengthData, train: IntArray,
+             test: IntArray, quantile: float) -> dict[str, Any]:  # fmt: skip
     buckets = len(spec.edges) - 1
     truth = data.lengths[test]
     probabilities = _full_proba(model, data.features(test), buckets)
@@ -212,7 +217,7 @@ def evaluate(model: Any, spec: LengthSpec, data: LengthData, train: np.ndarray, 
 
 
 def _prompt_length_baseline_mae(
-    data: LengthData, train: np.ndarray, test: np.ndarray, bins: int = 5
+    data: LengthData, train: IntArray, test: IntArray, bins: int = 5
 ) -> float:
     """Predict the median answer length of training prompts of similar length (quantile bins)."""
     prompt_lengths = np.array([len(ids) for ids in data.prompt_ids])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from predictor.arrays import FloatArray, IntArray
 
-def regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+
+def regression_metrics(truth: FloatArray, predicted: FloatArray) -> dict[str, float]:
     """R², mean absolute percentage error (%) and mean absolute error."""
     residual = truth - predicted
     total = float(np.sum((truth - truth.mean()) ** 2))
@@ -17,7 +19,7 @@ def regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, fl
     }
 
 
-def split_indices(count: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(count: int, train_fraction: float, seed: int) -> tuple[IntArray, IntArray]:
     """A seeded random split of `range(count)` into train and test indices."""
     order = np.random.default_rng(seed).permutation(count)
     cut = round(count * train_fraction)

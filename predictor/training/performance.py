@@ -12,12 +12,17 @@ import json
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from predictor.arrays import Float32Array, FloatArray
 from predictor.performance import FEATURES, GRID_METADATA_KEY, PerformanceGrid
 from predictor.training.metrics import regression_metrics, split_indices
+
+if TYPE_CHECKING:
+    from lightgbm import LGBMRegressor
+    from onnx import ModelProto
 
 SPLITS = {"90/10": 0.9, "10/90": 0.1}
 MIN_ROWS = 20  # the 10/90 split must still have rows to train on
@@ -25,8 +30,8 @@ MIN_ROWS = 20  # the 10/90 split must still have rows to train on
 
 @dataclass(frozen=True)
 class PerformanceData:
-    features: np.ndarray  # float32, columns FEATURES
-    ips: np.ndarray
+    features: Float32Array  # columns FEATURES
+    ips: FloatArray
 
     @classmethod
     def from_csv(cls, path: Path) -> PerformanceData:
@@ -58,7 +63,7 @@ class PerformanceData:
         )
 
 
-def _regressor(seed: int) -> Any:
+def _regressor(seed: int) -> LGBMRegressor:
     from lightgbm import LGBMRegressor
 
     return LGBMRegressor(
@@ -73,7 +78,8 @@ def evaluate(data: PerformanceData, seed: int = 0) -> dict[str, dict[str, float]
     for name, fraction in SPLITS.items():
         train, test = split_indices(len(data.ips), fraction, seed)
         model = _regressor(seed).fit(data.features[train], data.ips[train])
-        scores = regression_metrics(data.ips[test], model.predict(data.features[test]))
+        predicted = np.asarray(model.predict(data.features[test]), dtype=np.float64)
+        scores = regression_metrics(data.ips[test], predicted)
         splits[name] = {
             "r2": scores["r2"], "mape_pct": scores["mape_pct"], "mae_ips": scores["mae"],
             "train_rows": len(train), "test_rows": len(test),
@@ -94,7 +100,7 @@ def train_performance(
         "splits": evaluate(data, seed),
     }
     model = _regressor(seed).fit(data.features, data.ips)
-    onnx_model = convert_lightgbm(
+    onnx_model: ModelProto = convert_lightgbm(
         model, initial_types=[("features", FloatTensorType([None, len(FEATURES)]))], target_opset=15
     )
     grid = data.grid()

@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.settings import Settings
+from throttllem.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -173,9 +173,9 @@ def route_paths(app: Any) -> set[str]:
 
 @cache
 def gateway_routes() -> frozenset[str]:
-    from gateway.app import create_app
+    from throttllem.wiring import create_gateway_app
 
-    return frozenset(route_paths(create_app(Settings())))
+    return frozenset(route_paths(create_gateway_app(Settings())))
 
 
 def twin_engine() -> Any:
@@ -213,9 +213,9 @@ def gateway_series() -> frozenset[str]:
     """Read from a live gateway's /metrics, in-process."""
     from fastapi.testclient import TestClient
 
-    from gateway.app import create_app
+    from throttllem.wiring import create_gateway_app
 
-    with TestClient(create_app(Settings())) as client:
+    with TestClient(create_gateway_app(Settings())) as client:
         response = client.get("/metrics")
     assert response.status_code == 200
     return frozenset(series_names(response.text))
@@ -224,19 +224,13 @@ def gateway_series() -> frozenset[str]:
 @cache
 def governor_series() -> frozenset[str]:
     """What `throttllem govern` serves on its metrics port, every value known."""
-    from gateway.metrics import governor_registry
     from governor.loop import GovernorStatus
+    from governor.metrics import governor_registry
+    from slo_planner.clock_steps import ClockCounts
 
+    steps = ClockCounts(target_clock_mhz=1410, applied_clock_mhz=1410, decisions=1, clock_changes=1)
     status = GovernorStatus(
-        target_clock_mhz=1410,
-        applied_clock_mhz=1410,
-        current_clock_mhz=1410,
-        power_w=250.0,
-        energy_mj=1000.0,
-        decisions=1,
-        clock_changes=1,
-        held_changes=0,
-        last_decision_ms=0.1,
+        steps, current_clock_mhz=1410, power_w=250.0, energy_mj=1000.0, last_decision_ms=0.1
     )
     return frozenset(series_names(generate_latest(governor_registry(status)).decode()))
 

@@ -14,9 +14,9 @@ import pytest
 from gateway.admission import Admission
 from gateway.errors import QueueFullError
 from gateway.metrics import GatewayMetrics
-from gateway.planning import AdmissionPlanner, EngineShape
-from gateway.state import MemoryStateStore, RequestEntry
-from governor.planner import PreparedTimes
+from slo_planner.admission import AdmissionPlanner, EngineShape
+from slo_planner.feasibility import PreparedTimes
+from slo_scoreboard.store import MemoryStateStore, RequestEntry
 
 
 class SlowerWithBatch:
@@ -138,8 +138,11 @@ async def test_without_predictors_everything_is_admitted_at_once(store):
 
 
 def test_an_entry_past_its_median_is_planned_on_the_rest_its_quantiles_give():
-    from gateway.planning import remaining_tokens
-    from gateway.state import RequestEntry
+    from slo_scoreboard.board import requests_of
+    from slo_scoreboard.store import RequestEntry
+
+    def remaining_tokens(entry: RequestEntry) -> int:
+        return int(requests_of([entry]).remaining_tokens[0])
 
     entry = RequestEntry("a", 0.0, prompt_tokens=10, max_tokens=4000, predicted_tokens=300,
                          length_quantiles=(300, 420, 600, 750, 1100), generated_tokens=300)  # fmt: skip

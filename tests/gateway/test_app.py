@@ -5,15 +5,15 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import Settings
 from tests.servers import free_ports
+from throttllem.settings import Settings
+from throttllem.wiring import create_gateway_app
 
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[httpx.AsyncClient]:
     (closed_port,) = free_ports(1)  # nothing listens there: the backend is down
-    app = create_app(
+    app = create_gateway_app(
         Settings(backend_url=f"http://127.0.0.1:{closed_port}", backend_connect_timeout_s=1.0)
     )
     async with app.router.lifespan_context(app):
@@ -95,7 +95,7 @@ async def test_corrupt_or_missing_models_are_reported_and_the_gateway_still_star
         length_model_path=corrupt,
         performance_model_path=tmp_path / "missing.onnx",
     )
-    app = create_app(settings)
+    app = create_gateway_app(settings)
     async with app.router.lifespan_context(app):
         services = app.state.services
         assert "length.onnx" in services.predictions.problems["length"]
@@ -116,7 +116,7 @@ async def test_the_shipped_models_load():
         length_model_path=length_model_path("llama-2-13b-chat-hf"),
         performance_model_path=performance_model_path("a100-40gb/llama-2-13b/tp1"),
     )
-    app = create_app(settings)
+    app = create_gateway_app(settings)
     async with app.router.lifespan_context(app):
         predictions = app.state.services.predictions
         assert predictions.problems == {}
@@ -136,7 +136,7 @@ async def guarded() -> AsyncIterator[httpx.AsyncClient]:
         max_body_bytes=2048,
         context_window_tokens=64,
     )
-    app = create_app(settings)
+    app = create_gateway_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
@@ -204,7 +204,7 @@ async def test_prompts_stay_out_of_the_logs_unless_asked(caplog: pytest.LogCaptu
     secret = "my-secret-prompt-words"
     for log_prompts in (False, True):
         caplog.clear()
-        app = create_app(Settings(backend_url="http://127.0.0.1:9", log_prompts=log_prompts,
+        app = create_gateway_app(Settings(backend_url="http://127.0.0.1:9", log_prompts=log_prompts,
                                   backend_connect_timeout_s=1.0))  # fmt: skip
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

@@ -20,12 +20,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import MULTIPROC_DIR_VARIABLE, GatewayMetrics
-from gateway.predictions import Predictions
 from governor.loop import GovernorStatus
+from governor.metrics import GovernorCollector
+from predictor.loading import Predictions
 from tests.conftest import REDIS_URL
 from tests.servers import free_ports, server_process
 from throttllem import stack
-from throttllem.bench_gateway import MODEL, TRITON_MODEL, gateway_command, upstream_command
+from throttllem.bench.gateway import MODEL, TRITON_MODEL, gateway_command, upstream_command
 
 SCRAPES = 8
 FEWEST_REQUESTS = 12  # then more, one connection each, until both workers counted some
@@ -203,7 +204,7 @@ def test_the_answering_workers_governor_is_added_to_the_scrape(
 ):
     monkeypatch.setenv(MULTIPROC_DIR_VARIABLE, str(tmp_path))
     metrics = play_worker(monkeypatch, os.getpid(), 1, 0, (), False)
-    metrics.watch_governor(GovernorStatus(current_clock_mhz=1410))
+    metrics.watch(GovernorCollector(GovernorStatus(current_clock_mhz=1410)))
     text = generate_latest(metrics.registry).decode()
     assert samples(text, "throttllem_gpu_clock_mhz") == [1410.0]
     assert requests_total(text) == 1

@@ -17,7 +17,6 @@ from gateway.backends.base import GenerationChunk, GenerationRequest
 from gateway.backends.openai_compat import OpenAICompatibleBackend, upstream_message
 from gateway.backends.triton import TritonBackend
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
-from gateway.settings import Settings
 from tests.scripted_server import (
     Received,
     Reply,
@@ -29,6 +28,7 @@ from tests.scripted_server import (
 )
 from tests.servers import free_ports, wait_for_http
 from throttllem.instant_upstream import instant_upstream_app
+from throttllem.settings import Settings
 
 MODEL = "served-model"
 

@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from gateway.metrics import GatewayMetrics
-from gateway.state import MemoryStateStore, RequestEntry, Snapshot, StateStoreError
-from gateway.state_failover import FailoverStateStore
-from gateway.state_redis import RedisStateStore
+from slo_scoreboard.failover import FailoverStateStore
+from slo_scoreboard.redis_store import RedisStateStore
+from slo_scoreboard.store import MemoryStateStore, RequestEntry, Snapshot, StateStoreError
 from tests.servers import free_ports
 
 RETRY_EVERY_S = 0.2
@@ -95,7 +95,7 @@ async def test_redis_killed_and_restarted(
         assert await ids_in(private_redis.url, "failover") == ["a", "b", "c"]
 
         private_redis.kill()
-        with caplog.at_level(logging.WARNING, logger="gateway.state_failover"):
+        with caplog.at_level(logging.WARNING, logger="slo_scoreboard.failover"):
             local = await store.snapshot()
             assert store.degraded
             assert [e.request_id for e in local.entries] == ["a", "b", "c"]  # own entries kept
@@ -115,7 +115,7 @@ async def test_redis_killed_and_restarted(
 
         private_redis.start()  # empty: --save "" kept nothing
         await asyncio.sleep(RETRY_EVERY_S + 0.05)
-        with caplog.at_level(logging.WARNING, logger="gateway.state_failover"):
+        with caplog.at_level(logging.WARNING, logger="slo_scoreboard.failover"):
             back = await store.snapshot()
         assert not store.degraded
         assert "is back" in caplog.records[-1].getMessage()

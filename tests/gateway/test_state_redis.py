@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
-from gateway.state import RequestEntry, StateStoreError
-from gateway.state_redis import RedisStateStore, redact_url
+from slo_scoreboard.redis_store import RedisStateStore, redact_url
+from slo_scoreboard.store import RequestEntry, StateStoreError
 from tests.servers import free_ports
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -194,7 +194,6 @@ async def test_the_governor_keeps_running_when_clock_control_is_refused(nvml, ca
     governor = ClockGovernor(gpus, HighestClock(), window_s=0.01)
     task = asyncio.create_task(governor.run())
     await wait_until(lambda: governor.status.decisions >= 2 and governor.status.power_w is not None)
-    assert governor.status.last_error is None
     assert governor.status.applied_clock_mhz == 1410
     assert governor.status.power_w == pytest.approx(2 * 251.5)
     task.cancel()

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from governor.planner import (
+from predictor.board import Board, Requests
+from predictor.projection import project
+from slo_planner.feasibility import (
     PreparedTimes,
     admit,
     check,
@@ -17,8 +19,7 @@ from governor.planner import (
     renegotiated,
     with_margin,
 )
-from predictor.board import Board, Requests
-from predictor.projection import project, project_reference
+from throttllem.bench.reference import project_reference
 
 CLOCKS_MHZ = np.arange(210, 1411, 15)
 
@@ -246,8 +247,8 @@ def test_a_request_that_cannot_meet_its_ttft_waits():
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(boards(), st.integers(0, len(CLOCKS_MHZ) - 1))
 def test_check_agrees_with_the_plain_reference(board: Board, clock_index: int):
-    from governor.planner import _Timeline
-    from governor.reference import check_reference
+    from slo_planner.feasibility import _Timeline
+    from throttllem.bench.reference import check_reference
 
     timeline = _Timeline(board, 4096)
     fast = timeline.check(MODEL, clock_index)

@@ -7,12 +7,13 @@ import time
 
 import pytest
 
-from gateway.planning import AdmissionPlanner, EngineShape
-from gateway.state import MemoryStateStore, RequestEntry, Snapshot, StateStoreError
-from governor.iteration_times import TableIterationTimes
-from governor.policy import PlannerPolicy, at_or_above, store_reader
+from governor.policy import PlannerPolicy, store_reader
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import performance_model_path
+from slo_planner.admission import EngineShape
+from slo_planner.clock import at_or_above
+from slo_planner.iteration_times import TableIterationTimes
+from slo_scoreboard.store import MemoryStateStore, RequestEntry, Snapshot, StateStoreError
 
 SUPPORTED_MHZ = list(range(1410, 209, -15))  # the A100's, highest first
 SHAPE = EngineShape(max_batch=256, kv_capacity_blocks=100_000, tokens_per_block=64)
@@ -49,12 +50,7 @@ async def store_with(entries: list[RequestEntry]) -> MemoryStateStore:
 
 
 def policy_on(store: object, model: TableIterationTimes | None) -> PlannerPolicy:
-    planner = AdmissionPlanner(model, SHAPE) if model is not None else None
-    return PlannerPolicy(
-        store_reader(store),  # type: ignore[arg-type]
-        planner.board if planner is not None else AdmissionPlanner.board,  # type: ignore[arg-type]
-        model,
-    )
+    return PlannerPolicy(store_reader(store), model, SHAPE)  # type: ignore[arg-type]
 
 
 async def test_a_light_board_runs_below_the_highest_clock_and_a_tight_one_above_it(model):

@@ -1,6 +1,7 @@
 import pytest
 
-from governor.scaling import EngineSize, MemoryScalingChannel, ScalingPolicy, parse_engine_sizes
+from slo_planner.scaling import EngineSize, ScalingPolicy, parse_engine_sizes
+from slo_scoreboard.scaling_channel import MemoryScalingChannel
 
 TP1 = EngineSize("tp1", "ensemble-tp1", 2.0)
 TP2 = EngineSize("tp2", "ensemble-tp2", 5.0)

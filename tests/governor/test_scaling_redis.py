@@ -2,7 +2,7 @@
 
 import redis.asyncio as aioredis
 
-from governor.scaling_redis import RedisScalingChannel
+from slo_scoreboard.scaling_redis import RedisScalingChannel
 from tests.conftest import REDIS_URL
 
 

@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.state_redis import RedisStateStore
 from predictor.shipped import length_model_path, performance_model_path
+from slo_scoreboard.redis_store import RedisStateStore
 from tests.integration.stack import Stack, running_stack
 from tests.servers import free_ports, server_process
 

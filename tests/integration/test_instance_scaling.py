@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from governor.scaler import InstanceScaler
-from governor.scaling import EngineSize, MemoryScalingChannel, ScalingPolicy
 from governor.triton_repository import RepositoryError, TritonRepository
+from slo_planner.scaling import EngineSize, ScalingPolicy
+from slo_scoreboard.scaling_channel import MemoryScalingChannel
 from tests.integration.stack import TwinServer as Twin
 from tests.integration.stack import running_twin
 from tests.servers import free_ports, server_process

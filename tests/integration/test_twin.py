@@ -142,10 +142,10 @@ def test_the_control_api_locks_and_resets_each_gpu(twin: Twin):
 
 
 def test_profile_runs_against_the_twin_through_its_gpu_backend_and_metrics(twin: Twin):
-    from governor.gpu.simulated import SimulatedGpu
+    from governor.gpu.twin_client import TwinGpu
     from throttllem.profiler import LiveTarget, profile_live
 
-    gpus = [SimulatedGpu.connect(twin.control_url, index) for index in (0, 1)]
+    gpus = [TwinGpu.connect(twin.control_url, index) for index in (0, 1)]
     target = LiveTarget(
         twin.triton_url, f"{twin.control_url}/metrics", "ensemble", tp=2, context_window_tokens=4096
     )

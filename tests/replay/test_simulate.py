@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from governor.iteration_times import TableIterationTimes
-from governor.scaling import EngineSize
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import performance_model_path
 from simulator.capacity import prefill_s_per_token, saturate
 from simulator.profile import load_profile
 from simulator.traces import read_azure_trace
+from slo_planner.iteration_times import TableIterationTimes
+from slo_planner.scaling import EngineSize
 from tests.data import shared_data
 from throttllem.replay.plots import binned
 from throttllem.replay.policies import EngineLoad, parse_policy
@@ -84,7 +84,7 @@ def test_slo_feedback_holds_the_top_clock_while_any_request_waits_for_its_first_
 
     def clock(batch: int, waiting: int, tpot_s: float) -> int:
         load = EngineLoad(batch, profile.max_batch_size, batch * 10, kv, waiting)
-        return policy.clock_mhz(clocks, load, None, model, tbt_slo_s=tpot_s)
+        return policy.clock_mhz(clocks, load, None, None, model, tbt_slo_s=tpot_s)
 
     assert clock(8, waiting=1, tpot_s=0.2) == 1410
     assert clock(0, waiting=0, tpot_s=0.2) == 1410  # idle: ready for the next prefill

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from governor.scaling import parse_engine_sizes
 from simulator.capacity import engine_sizes_json, length_mix, saturated_capacity_rps
 from simulator.profile import load_profile
 from simulator.traces import read_azure_trace
+from slo_planner.scaling import parse_engine_sizes
 from tests.data import shared_data
 
 SIZES = ["a100-40gb/llama-2-13b/tp1", "a100-40gb/llama-2-13b/tp2", "a100-40gb/llama-2-13b/tp4"]

@@ -28,13 +28,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-from governor.planner import IterationTimes, lowest_frequency
-from governor.policy import at_or_above
 from predictor.board import Board
+from slo_planner.clock import ClockPlanner, at_or_above, lowest_clock_for_iteration
+from slo_planner.feasibility import IterationTimes
+from slo_planner.settings import PlannerSettings
 
 ONDEMAND_UP_THRESHOLD = 0.8
+DEFAULT_MARGIN = PlannerSettings().governor_margin  # what a deployment plans with
 
 POLICY_NAMES = (
     "max", "static:<MHz>", "static-best", "reactive", "slo-feedback", "power-cap:<W>",
@@ -67,28 +67,35 @@ class Policy:
     scaling: bool = False  # throttllem+scale: instance scaling between engine sizes
     slo_feedback: bool = False  # the lowest clock meeting TPOT now, highest while any wait
     power_cap_w: float | None = None  # a power limit on every GPU, clocks left at default
-    margin: float = 0.2  # planned clocks keep this share of every budget to spare (settings)
+    margin: float = DEFAULT_MARGIN  # planned clocks keep this share of every budget to spare
+
+    def clock_planner(self, model: IterationTimes | None) -> ClockPlanner | None:
+        """The live governor's planner, for the gated policies."""
+        if not self.gated or model is None:
+            return None
+        return ClockPlanner(model, self.margin)
 
     def clock_mhz(
         self,
         clocks_mhz: Sequence[int],
         load: EngineLoad,
         board: Board | None,
-        model: object,
-        previous_mhz: int | None = None,
+        planner: ClockPlanner | None,
+        model: IterationTimes | None,
         tbt_slo_s: float = math.inf,
     ) -> int:
-        """The clock for the next window. `board` is the planner's view (gated policies);
-        `previous_mhz`, the clock chosen last, only speeds the planner's search up;
-        `tbt_slo_s`, the TPOT SLO, is what `slo-feedback` holds the iteration time to."""
+        """The clock for the next window. `board` is the planner's view and `planner` the
+        live governor's (gated policies); `model` and `tbt_slo_s`, the TPOT SLO, are what
+        `slo-feedback` holds the iteration time to."""
         highest = max(clocks_mhz)
         if self.fixed_clock_mhz is not None:
             return self.fixed_clock_mhz
         if self.slo_feedback:
-            if load.waiting or load.batch == 0:
+            if load.waiting or load.batch == 0 or model is None:
                 return highest
             budget_s = (1 - self.margin) * tbt_slo_s
-            model_mhz = lowest_clock_for_iteration(model, load, budget_s)  # type: ignore[arg-type]
+            model_mhz = lowest_clock_for_iteration(model, load.batch, load.kv_used_blocks,
+                                                   budget_s)  # fmt: skip
             return at_or_above(model_mhz, clocks_mhz)
         if self.reactive:
             if load.utilization >= ONDEMAND_UP_THRESHOLD:
@@ -96,32 +103,11 @@ class Policy:
             return at_or_above(
                 round(highest * load.utilization / ONDEMAND_UP_THRESHOLD), clocks_mhz
             )
-        if not self.gated:
+        if planner is None or board is None:
             return highest
-        if board is None or board.size == 0:
-            return highest  # ready for the next arrival's prefill (governor/policy.py)
-        # As the live governor (governor/policy.py): lost promises are renegotiated.
-        near = None
-        if previous_mhz is not None:
-            near = int(np.searchsorted(model.clocks_mhz, previous_mhz))  # type: ignore[attr-defined]
-        decision = lowest_frequency(board, model, margin=self.margin, near_index=near)  # type: ignore[arg-type]
-        return at_or_above(decision.clock_mhz, clocks_mhz)
-
-
-def lowest_clock_for_iteration(model: IterationTimes, load: EngineLoad, budget_s: float) -> int:
-    """The model's lowest clock whose iteration time for the current batch and KV cache
-    is within `budget_s` (its highest if none is): a bisection, the time falling as the
-    clock rises."""
-    prepared = model.prepare(np.array([load.batch]), np.array([load.kv_used_blocks]),
-                             np.zeros(1, dtype=np.int64))  # fmt: skip
-    low, high = 0, len(model.clocks_mhz) - 1
-    while low < high:
-        middle = (low + high) // 2
-        if float(prepared.run_seconds(middle)[0]) <= budget_s:
-            high = middle
-        else:
-            low = middle + 1
-    return int(model.clocks_mhz[low])
+        return planner.choose(
+            board, clocks_mhz
+        ).clock_mhz  # as the live governor (governor/policy.py)
 
 
 def parse_policy(

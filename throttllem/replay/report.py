@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from governor.iteration_times import TableIterationTimes
 from predictor.length import LengthPredictor
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import length_model_path, performance_model_path
@@ -30,6 +29,7 @@ from simulator.capacity import Saturation, length_mix, prefill_s_per_token, satu
 from simulator.physics import PowerModel
 from simulator.profile import EngineProfile, load_profile
 from simulator.traces import Trace
+from slo_planner.iteration_times import TableIterationTimes
 from throttllem.replay.live import drive
 from throttllem.replay.plots import require_matplotlib, write_plots
 from throttllem.replay.policies import Policy, parse_policy

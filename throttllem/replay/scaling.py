@@ -4,7 +4,7 @@ The sizes are the routed profile's siblings (the same GPU and model at other ten
 parallel degrees, `a100-40gb/llama-2-13b/tp1|tp2|tp4`) that have a shipped performance
 model. Each one's capacity is measured like the routed engine's (simulator/capacity.py,
 on the replayed length mix), so the scaler compares the arrival rate with numbers the
-twin really sustains. The scaler's rule is the live one (`governor.scaling`).
+twin really sustains. The scaler's rule is the live one (`slo_planner.scaling`).
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from governor.planner import IterationTimes
-from governor.scaling import DEFAULT_HEADROOM, EngineSize
+from governor.settings import GovernorSettings
 from predictor.shipped import performance_model_path
 from simulator.capacity import saturate
 from simulator.profile import EngineProfile, available_profiles, load_profile
+from slo_planner.feasibility import IterationTimes
+from slo_planner.scaling import EngineSize
 
-# The paper: instance scaling every ~10 s, and a shadow start of more than 20 s.
-SCALE_INTERVAL_S = 10.0
-ENGINE_LOAD_S = 20.0
-GRACE_S = 60.0  # THROTTLLEM_SCALE_GRACE_S
-DRAIN_S = 60.0  # THROTTLLEM_SCALE_DRAIN_S
+_DEPLOYED = GovernorSettings()  # the scaler's settings a deployment runs with
+SCALE_INTERVAL_S = _DEPLOYED.scale_interval_s  # the paper: every ~10 s
+GRACE_S = _DEPLOYED.scale_grace_s
+DRAIN_S = _DEPLOYED.scale_drain_s
+ENGINE_LOAD_S = 20.0  # the paper: a shadow start takes more than 20 s
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class ScaleSetup:
     interval_s: float = SCALE_INTERVAL_S
     grace_s: float = GRACE_S
     drain_s: float = DRAIN_S
-    headroom: float = DEFAULT_HEADROOM
+    headroom: float = _DEPLOYED.scale_headroom
 
     def option(self, label: str) -> EngineOption:
         return next(option for option in self.options if option.size.label == label)

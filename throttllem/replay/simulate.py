@@ -1,24 +1,27 @@
 """One policy over one workload, on the twin's engines in virtual time.
 
-The loop plays the gateway, the governor and (for `throttllem+scale`) the instance
-scaler around the engines, as the live system does, in the order events happen:
+The loop drives the live system's own cores around the engines, in the order events
+happen; only the I/O differs:
 
 - a request reaches the gateway at its trace time. Ungated policies send it straight to
-  the engine; gated ones queue it in arrival order and admit it through the planner
-  (`AdmissionPlanner.verdict_on`, the gateway's own decision), tried again whenever the
-  board changes;
+  the engine; gated ones queue it in the gateway's admission queue
+  (`slo_planner.admission_queue`), whose head is tried whenever the board changes;
 - each engine steps one iteration at a time; tokens are stamped when their iteration
   ends;
-- at an iteration's end (every window while idle) the governor picks that engine's
-  clock once a window has passed, and, for the gated policies, also when a request
-  joined or left (the gateway pokes the live governor so). A lower clock waits out the
-  minimum dwell; the GPUs take the switch latency to apply a clock (the twin models
-  that, and an iteration under way changes speed from the instant the switch lands);
-- with scaling, every interval the scaler compares the arrival rate with each size's
-  capacity (`governor.scaling.ScalingPolicy`), loads a new engine in the shadow (its
-  GPUs draw idle power while it loads), moves the route once it is ready, and hands
-  the old engine's GPUs back once the drain period has passed and its requests are done.
+- at an iteration's end (every window while idle) the governor's pass
+  (`slo_planner.clock_steps`) runs for that engine when it is due: a window after the
+  previous pass, or at once, for the gated policies, when a request joined or left (the
+  gateway pokes the live governor so). A lower clock waits out the minimum dwell; the
+  GPUs take the switch latency to apply a clock (the twin models that, and an iteration
+  under way changes speed from the instant the switch lands);
+- with scaling, every interval the scaling rounds (`slo_planner.scaling.ScalingSteps`)
+  compare the arrival rate with each size's capacity; a new engine loads in the shadow
+  (its GPUs draw idle power while it loads, and no round runs meanwhile, as the live
+  scaler waits for its load), the route moves once it is ready, and the old engine's
+  GPUs are handed back once the drain period has passed and its requests are done.
 
+The planner sees each request's tokens still to come by the gateway's rule
+(`slo_planner.remaining`), and the window, dwell and margin are the settings' defaults.
 Energy is the twin's integral of power over every GPU while it holds an engine, idle
 included.
 """
@@ -27,26 +30,29 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.planning import AdmissionPlanner, EngineShape, Verdict
-from governor.planner import IterationTimes
-from governor.scaling import ScalingPolicy
+from governor.settings import GovernorSettings
 from predictor.board import Board, Requests
-from predictor.length import conditional_remaining_rows
 from simulator.engine import Engine, StepResult
 from simulator.engine import Sequence as EngineSequence
 from simulator.profile import EngineProfile
+from slo_planner.admission import AdmissionPlanner, EngineShape
+from slo_planner.admission_queue import AdmissionQueue
+from slo_planner.clock_steps import ClockSteps
+from slo_planner.feasibility import IterationTimes
+from slo_planner.remaining import remaining_tokens
+from slo_planner.scaling import EngineSize, ScalingPolicy, ScalingSteps
 from throttllem.replay.policies import EngineLoad, Policy
 from throttllem.replay.scaling import ScaleSetup
 from throttllem.replay.workload import Workload
 
-WINDOW_S = 0.1  # the governor's decision window (THROTTLLEM_GOVERNOR_WINDOW_MS)
-MIN_DWELL_S = 0.5  # least time between two lowering changes (THROTTLLEM_GOVERNOR_MIN_DWELL_MS)
+_GOVERNOR = GovernorSettings()  # the defaults a deployment runs with
+WINDOW_S = _GOVERNOR.governor_window_ms / 1000  # the governor's decision window
+MIN_DWELL_S = _GOVERNOR.governor_min_dwell_ms / 1000  # least time between two lowerings
 
 
 @dataclass(frozen=True)
@@ -118,14 +124,11 @@ class _Requests:
         return self._rows(first, remaining[: len(first)]), self._rows(then, remaining[len(first) :])
 
     def _remaining(self, indices: np.ndarray) -> np.ndarray:
-        room = self.declared_max[indices] - self.generated[indices]
-        if self.quantiles is not None:  # the gateway's rule (gateway.planning.remaining_tokens)
-            rest = conditional_remaining_rows(self.quantiles[indices], self.generated[indices])
-            remaining = np.minimum(rest, room)
-        else:
-            believed = np.minimum(self.believed[indices], self.declared_max[indices])
-            remaining = believed - self.generated[indices]
-        return remaining
+        """The gateway's rule, on the quantiles of the length prediction (or, for the
+        oracle, the true lengths as the point prediction)."""
+        quantiles = None if self.quantiles is None else self.quantiles[indices]
+        return remaining_tokens(self.declared_max[indices], self.generated[indices],
+                                self.believed[indices], quantiles)  # fmt: skip
 
     def _rows(self, indices: np.ndarray, remaining: np.ndarray) -> Requests:
         count, slo = len(indices), self.slo
@@ -133,7 +136,7 @@ class _Requests:
             arrival_s=self.arrival_s[indices].astype(np.float64),
             prompt_tokens=self.prompts[indices].astype(np.int64),
             generated_tokens=self.generated[indices].copy(),
-            remaining_tokens=np.maximum(1, remaining).astype(np.int64),
+            remaining_tokens=remaining,
             ttft_slo_s=np.full(count, slo.ttft_s),
             tbt_slo_s=np.full(count, slo.tbt_s),
             e2e_deadline_s=self.arrival_s[indices] + slo.e2e_s,  # inf: none of its own
@@ -153,18 +156,15 @@ class _Instance:
         self.ready_s = ready_s
         self.active: dict[int, None] = {}  # admitted, unfinished, in admission order
         self.step: StepResult | None = None  # the iteration under way
-        self.applied_mhz: int | None = None
-        self.target_mhz: int | None = None  # the last decision (a held one is not applied)
-        self.last_change_s = -math.inf
-        self.next_decision_s = 0.0
-        self.poked = False
+        self.steps = ClockSteps(WINDOW_S, MIN_DWELL_S, profile.gpu.clock_switch_latency_s)
         self.release_after_s: float | None = None  # draining: hand back once empty after
         self.released = False
-        self.planner = None
+        self.clock_planner = policy.clock_planner(model)
+        self.admission_planner = None
         if policy.gated and model is not None:
             shape = EngineShape(profile.max_batch_size, self.engine.kv_capacity_blocks,
                                 profile.tokens_per_block)  # fmt: skip
-            self.planner = AdmissionPlanner(model, shape)
+            self.admission_planner = AdmissionPlanner(model, shape)
 
     def board(self, requests: _Requests, now_s: float) -> Board:
         indices = np.fromiter(self.active, dtype=np.int64, count=len(self.active))
@@ -181,30 +181,30 @@ class _Instance:
                                           output))  # fmt: skip
         self.active[index] = None
         requests.admitted_s[index] = now_s
-        self.poked = self.policy.gated
+        self.board_changed()
+
+    def board_changed(self) -> None:
+        """A request joined or left: the gated policies' gateway pokes the governor."""
+        if self.policy.gated:
+            self.steps.poke()
 
     def decide(self, requests: _Requests, now_s: float) -> None:
-        """The governor's pass for this engine, if a window has passed or it was poked."""
-        if now_s < self.next_decision_s and not self.poked:
-            return
-        self.poked = False
-        if now_s >= self.next_decision_s:
-            self.next_decision_s = now_s + WINDOW_S
+        """The governor's pass for this engine, if one is due."""
         profile, engine = self.profile, self.engine
         load = EngineLoad(engine.running, profile.max_batch_size, engine.kv_used_blocks,
                           engine.kv_capacity_blocks, engine.waiting)  # fmt: skip
-        latency_s = profile.gpu.clock_switch_latency_s
-        planned = self.board(requests, now_s + latency_s) if self.policy.gated else None
-        target_mhz = self.policy.clock_mhz(profile.gpu.supported_clocks_mhz(), load, planned,
-                                           self.model, self.target_mhz,
-                                           requests.slo.tbt_s)  # fmt: skip
-        self.target_mhz = target_mhz
-        lowering = self.applied_mhz is not None and target_mhz < self.applied_mhz
-        held = lowering and now_s - self.last_change_s < MIN_DWELL_S
-        if target_mhz != self.applied_mhz and not held:
+        clocks_mhz = profile.gpu.supported_clocks_mhz()
+
+        def target_mhz(planning_s: float) -> int:
+            planned = self.board(requests, planning_s) if self.policy.gated else None
+            return self.policy.clock_mhz(clocks_mhz, load, planned, self.clock_planner,
+                                         self.model, requests.slo.tbt_s)  # fmt: skip
+
+        def lock(clock_mhz: int, at_s: float) -> None:
             for gpu in engine.gpus:
-                gpu.lock_clock(target_mhz, now_s)
-            self.applied_mhz, self.last_change_s = target_mhz, now_s
+                gpu.lock_clock(clock_mhz, at_s)
+
+        clock_pass(self.steps, target_mhz, lock, now_s)
 
     def finish_step(self, requests: _Requests) -> bool:
         """Stamp the iteration's tokens; whether the board changed."""
@@ -224,7 +224,8 @@ class _Instance:
             requests.finished_s[index] = now_s
             del self.active[index]
             changed = True
-        self.poked = self.poked or (changed and self.policy.gated)
+        if changed:
+            self.board_changed()
         return changed
 
     def power_w(self) -> float:
@@ -236,17 +237,48 @@ class _Instance:
         self.released = True
 
 
+def clock_pass(
+    steps: ClockSteps,
+    target_mhz: Callable[[float], int],
+    lock: Callable[[int, float], None],
+    now_s: float,
+) -> None:
+    """The governor's pass as the replay drives it (governor/loop.py drives the same
+    steps on the wall clock): if one is due, the policy's clock for the planning time,
+    locked if the dwell lets it through."""
+    if not steps.due(now_s):
+        return
+    apply_mhz = steps.decide(target_mhz(steps.planning_time_s(now_s)), now_s)
+    if apply_mhz is not None:
+        lock(apply_mhz, now_s)
+        steps.applied(apply_mhz, now_s)
+
+
+def admit_from_queue(
+    queue: AdmissionQueue[int], board: Board, send: Callable[[int], Requests]
+) -> None:
+    """The gateway's admission as the replay drives it (gateway/admission.py drives the
+    same queue against the scoreboard): the head goes while the planner lets it, each
+    sent one joining the board as queued. `send` submits one and gives its row."""
+    while queue.next_to_admit(board) is not None:
+        index = queue.pop_head()  # admitted, or lost: never dropped
+        board = board.with_queued(send(index))
+
+
 class _Scaler:
-    """The live scaler's rule in virtual time: measure, pick, load in the shadow, move."""
+    """The live scaler's rounds in virtual time: measure, pick, load in the shadow, move."""
 
     def __init__(self, setup: ScaleSetup, start_label: str) -> None:
         self.setup = setup
-        self.policy = ScalingPolicy([option.size for option in setup.options], setup.headroom,
-                                    setup.grace_s)  # fmt: skip
-        self.current = setup.option(start_label).size
-        self.next_tick_s = setup.interval_s
-        self.last_arrivals = 0
+        sizes = [option.size for option in setup.options]
+        policy = ScalingPolicy(sizes, setup.headroom, setup.grace_s)
+        self.steps = ScalingSteps(policy, setup.option(start_label).size, setup.drain_s)
+        self.steps.count(0, 0.0)  # the scaler starts with the replay
+        self.next_round_s = setup.interval_s
         self.loading: _Instance | None = None
+
+    def size(self, instance: _Instance) -> EngineSize:
+        return self.setup.option(instance.label).size
 
 
 def simulate(
@@ -276,7 +308,11 @@ def simulate(
         scaler = _Scaler(scaling, label)
     routed = _Instance(label, profile, model, policy, seed, loaded_s=0.0, ready_s=0.0)
     instances = [routed]
-    waiting: deque[int] = deque()  # at the gateway (gated policies)
+    # The gateway's admission queue (gated policies), unbounded: a refused request would
+    # make the policies' work differ.
+    queue: AdmissionQueue[int] = AdmissionQueue(
+        routed.admission_planner, lambda index: requests.rows(np.array([index]))
+    )
     series: list[tuple[float, int, float, int]] = []
     moves: list[tuple[float, str]] = []
     next_sample_s = 0.0
@@ -285,16 +321,9 @@ def simulate(
     now_s = 0.0
     board_changed = False
 
-    def admit_waiting() -> None:
-        planner = routed.planner
-        assert planner is not None
-        current = routed.board(requests, now_s)
-        while waiting:
-            candidate = requests.rows(np.array([waiting[0]]))
-            if current.size and planner.verdict_on(current, candidate) is Verdict.WAIT:
-                return
-            routed.submit(waiting.popleft(), requests, now_s)  # ADMIT, or LOST: never dropped
-            current = current.with_queued(candidate)
+    def send(index: int) -> Requests:
+        routed.submit(index, requests, now_s)
+        return requests.rows(np.array([index]))
 
     while True:
         for instance in instances:  # iterations that have ended
@@ -302,7 +331,7 @@ def simulate(
                 board_changed |= instance.finish_step(requests) and instance is routed
         while next_arrival < n and arrival[next_arrival] <= now_s:
             if policy.gated:
-                waiting.append(next_arrival)
+                queue.enqueue(next_arrival, arrival[next_arrival] + slo.ttft_s)
                 board_changed = True
             else:
                 routed.submit(next_arrival, requests, now_s)
@@ -311,9 +340,10 @@ def simulate(
             moved = _scale(scaler, instances, routed, policy, seed, next_arrival, now_s)
             if moved is not routed:
                 routed, board_changed = moved, True
+                queue.planner = routed.admission_planner
                 moves.append((now_s, routed.label))
-        if waiting and board_changed:
-            admit_waiting()
+        if not queue.empty and board_changed:
+            admit_from_queue(queue, routed.board(requests, now_s), send)
         board_changed = False
         live = [instance for instance in instances if not instance.released]
         for instance in live:
@@ -324,6 +354,8 @@ def simulate(
                 instance.step = instance.engine.step(now_s)
             elif instance.release_after_s is not None and now_s >= instance.release_after_s:
                 instance.release(now_s)
+                if scaler is not None:
+                    scaler.steps.unloaded(scaler.size(instance))
         live = [instance for instance in live if not instance.released]
         if now_s >= next_sample_s:
             held = sum(instance.profile.tensor_parallel for instance in live)
@@ -333,17 +365,17 @@ def simulate(
             series.append((now_s, clock_mhz, power_w, held))
             next_sample_s = now_s + WINDOW_S
         busy = [instance.step.ended_s for instance in live if instance.step is not None]
-        if next_arrival >= n and not waiting and not busy:
+        if next_arrival >= n and queue.empty and not busy:
             break  # nothing under way, nothing to come: every engine is empty
         upcoming = [next_sample_s, *busy]
         if next_arrival < n:
             upcoming.append(arrival[next_arrival])
         idle = [i for i in live if i.step is None and i.ready_s <= now_s]
-        upcoming += [i.next_decision_s for i in idle]
+        upcoming += [i.steps.next_pass_s for i in idle]
         upcoming += [i.ready_s for i in live if i.ready_s > now_s]
         upcoming += [i.release_after_s for i in idle if i.release_after_s is not None]
-        if scaler is not None:
-            upcoming.append(scaler.next_tick_s)
+        if scaler is not None and scaler.loading is None:  # a load ends in its ready_s
+            upcoming.append(scaler.next_round_s)
         now_s = max(now_s, min(upcoming))
         if progress is not None and next_arrival * 100 // max(n, 1) > reported:
             reported = next_arrival * 100 // max(n, 1)
@@ -360,23 +392,21 @@ def _scale(scaler: _Scaler, instances: list[_Instance], routed: _Instance, polic
            seed: int, arrivals: int, now_s: float) -> _Instance:  # fmt: skip
     """The scaler's round, if due; the engine new requests go to after it."""
     loading = scaler.loading
-    if loading is not None and now_s >= loading.ready_s:  # loaded: move the route
-        scaler.loading = None
-        return _move(scaler, routed, loading, now_s)
-    if now_s < scaler.next_tick_s:
-        return routed
     setup = scaler.setup
-    rate_rps = (arrivals - scaler.last_arrivals) / setup.interval_s
-    scaler.last_arrivals, scaler.next_tick_s = arrivals, now_s + setup.interval_s
-    if loading is not None:  # the live scaler finishes a move before its next round
+    if loading is not None:  # the live scaler waits for its load: no round meanwhile
+        if now_s < loading.ready_s:
+            return routed
+        scaler.loading = None
+        scaler.next_round_s = now_s + setup.interval_s
+        return _move(scaler, routed, loading, now_s)
+    if now_s < scaler.next_round_s:
         return routed
-    target = scaler.policy.target(rate_rps, scaler.current, now_s)
-    if target == scaler.current:
+    scaler.next_round_s = now_s + setup.interval_s
+    target = scaler.steps.round(arrivals, now_s)
+    if target is None:
         return routed
-    scaler.current = target
-    kept = next((i for i in instances if i.label == target.label and not i.released), None)
-    if kept is not None:  # still draining: take it back without a load
-        kept.release_after_s = None
+    if scaler.steps.still_loaded(target):  # still draining: take it back without a load
+        kept = next(i for i in instances if i.label == target.label and not i.released)
         return _move(scaler, routed, kept, now_s)
     option = setup.option(target.label)
     scaler.loading = _Instance(target.label, option.profile, option.model, policy, seed,
@@ -386,7 +416,9 @@ def _scale(scaler: _Scaler, instances: list[_Instance], routed: _Instance, polic
 
 
 def _move(scaler: _Scaler, old: _Instance, new: _Instance, now_s: float) -> _Instance:
-    old.release_after_s = now_s + scaler.setup.drain_s
+    _, unload_at_s = scaler.steps.moved(scaler.size(new), now_s)
+    old.release_after_s = unload_at_s
+    new.release_after_s = None
     return new
 
 

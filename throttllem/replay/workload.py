@@ -25,8 +25,7 @@ import numpy as np
 
 from predictor.length import LengthPredictor, planning_quantiles
 from predictor.tokenizer import PromptTokenizer
-from simulator.bench import fit_to_window
-from simulator.traces import Trace, TraceError, read_azure_trace
+from simulator.traces import Trace, TraceError, fit_to_window, read_azure_trace
 
 PEAK_WINDOW_S = 60.0
 TRACE_FORMATS = ("azure", "mooncake", "jsonl")

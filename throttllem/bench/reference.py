@@ -1,15 +1,16 @@
 """The planner's decisions computed the plain way, one iteration and one request at a time.
 
-Slow on purpose: it is the specification `governor.planner` is tested and timed against.
+Slow on purpose: it is the specification `predictor.projection` and
+`slo_planner.feasibility` are tested and timed against.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from governor.planner import CheckResult, IterationTimes, renegotiated
 from predictor.board import Board, Requests
-from predictor.projection import project_reference
+from predictor.projection import Projection
+from slo_planner.feasibility import CheckResult, IterationTimes, renegotiated
 
 
 def check_reference(
@@ -89,3 +90,40 @@ def admit_reference(board: Board, request: Requests, model: IterationTimes, hori
         return False
     bounded = check_reference(renegotiated(board, before).with_queued(request), model, top, horizon)
     return bool(np.all(bounded.worst_miss_s[:-1] <= 1e-9))
+
+
+def project_reference(board: Board, horizon: int) -> Projection:
+    """The same projection, one iteration at a time: the specification the fast one meets."""
+    running = [
+        {"context": int(c), "left": int(r), "start": 0}
+        for c, r in zip(board.running.context_tokens, board.running.remaining_tokens, strict=True)
+    ]
+    waiting = [
+        {"context": int(p), "left": int(r), "index": len(running) + i}
+        for i, (p, r) in enumerate(
+            zip(board.queued.prompt_tokens, board.queued.remaining_tokens, strict=True)
+        )
+    ]
+    count = len(running) + len(waiting)
+    start = np.zeros(count, dtype=np.int64)
+    end = np.array([r["left"] for r in running] + [0] * len(waiting), dtype=np.int64)
+    batch, kv, prefill = [], [], []
+    active = list(running)
+    for t in range(horizon):
+        active = [r for r in active if r["left"] > 0]
+        filled = 0
+        while waiting and len(active) < board.max_batch:
+            request = waiting.pop(0)
+            start[request["index"]] = t
+            end[request["index"]] = t + request["left"]
+            filled += request["context"]
+            active.append(request)
+        for request in active:
+            request["context"] += 1
+            request["left"] -= 1
+        batch.append(len(active))
+        kv.append(sum(-(-r["context"] // board.tokens_per_block) for r in active))
+        prefill.append(filled)
+    for request in waiting:  # never started within the horizon: the fast one still places them
+        start[request["index"]] = -1
+    return Projection(np.array(batch), np.array(kv), np.array(prefill), start, end)

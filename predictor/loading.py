@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from gateway.settings import Settings
 from predictor.errors import ModelFileError
 from predictor.length import LengthPredictor
 from predictor.performance import PerformanceModel, PerformanceTable
+from predictor.settings import PredictorSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class Predictions:
         return getattr(self, name) is not None
 
 
-def load_predictions(settings: Settings) -> Predictions:
+def load_predictions(settings: PredictorSettings) -> Predictions:
     """Blocking (the performance table is computed here): call it from a thread."""
     predictions = Predictions()
     if settings.length_model_path is not None:

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from governor.iteration_times import TableIterationTimes
-from governor.planner import admit, lowest_frequency
-from governor.reference import admit_reference, lowest_frequency_reference
-from predictor.bench import timings_ms
 from predictor.board import Board, Requests
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import performance_model_path
+from slo_planner.feasibility import admit, lowest_frequency
+from slo_planner.iteration_times import TableIterationTimes
+from throttllem.bench.predictor import timings_ms
+from throttllem.bench.reference import admit_reference, lowest_frequency_reference
 
 RUNNING, QUEUED, HORIZON = 256, 64, 4096
 BENCH_PROFILE = "a100-40gb/llama-3-70b/tp8"
@@ -108,8 +108,8 @@ def _fixed_work() -> None:
 
 def _correction_runs() -> dict[str, Any]:
     """The twin with a 10 %-optimistic model: TBT misses per second, without and with
-    the online correction (virtual time; see throttllem.correction_demo)."""
-    from throttllem.correction_demo import (
+    the online correction (virtual time; see throttllem.bench.correction_demo)."""
+    from throttllem.bench.correction_demo import (
         run,
     )  # the twin: a benchmark's business, not the planner's
 

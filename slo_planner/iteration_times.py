@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from governor.correction import OnlineCorrection
-from governor.planner import PreparedTimes
+from predictor.arrays import FloatArray, IntArray
 from predictor.performance import PerformanceTable
+from slo_planner.correction import OnlineCorrection
+from slo_planner.feasibility import PreparedTimes
 
 
 class TableIterationTimes:
@@ -27,17 +28,21 @@ class TableIterationTimes:
         # One row per clock, one column per (batch, KV bucket): a projection binds the
         # columns once, and each clock tried is then one contiguous gather.
         seconds = 1.0 / table.ips_table.astype(np.float64)
-        self._seconds_by_clock = np.ascontiguousarray(seconds.reshape(batches * buckets, clocks).T)
+        self._seconds_by_clock: FloatArray = np.ascontiguousarray(
+            seconds.reshape(batches * buckets, clocks).T
+        )
         self._buckets = buckets
-        self._prefill_s = prefill_s_per_token * (table.clocks_mhz[-1] / table.clocks_mhz)
+        self._prefill_s: FloatArray = prefill_s_per_token * (
+            table.clocks_mhz[-1] / table.clocks_mhz
+        )
 
     def prepare(
-        self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray
+        self, batch: IntArray, kv_blocks: IntArray, prefill_tokens: IntArray
     ) -> PreparedTimes:
         # np.clip costs more than the two bounds it applies
         batch_index = np.minimum(np.maximum(batch - 1, 0), self.table.grid.max_batch - 1)
         kv_index = np.minimum(kv_blocks // self.table.kv_bucket_blocks, self._buckets - 1)
-        columns = batch_index * self._buckets + kv_index
+        columns: IntArray = batch_index * self._buckets + kv_index
         scale = (batch > 0).astype(np.float64)
         if self.correction is not None:
             scale *= self.correction.factors(batch)
@@ -47,21 +52,21 @@ class TableIterationTimes:
             | (prefill_tokens[1:] != prefill_tokens[:-1])
         )
         starts = np.flatnonzero(np.concatenate(([True], changes)))
-        run_columns, run_scale = columns[starts], scale[starts]
-        run_prefill = prefill_tokens[starts].astype(np.float64)
+        run_columns: IntArray = columns[starts]
+        run_scale: FloatArray = scale[starts]
+        run_prefill: FloatArray = prefill_tokens[starts].astype(np.float64)
         by_clock, prefill_s = self._seconds_by_clock, self._prefill_s
 
-        def run_seconds(clock_index: int) -> np.ndarray:
-            return (
-                by_clock[clock_index][run_columns] * run_scale
-                + run_prefill * prefill_s[clock_index]
-            )
+        def run_seconds(clock_index: int) -> FloatArray:
+            at_clock: FloatArray = by_clock[clock_index]
+            prefill_s_at_clock: np.float64 = prefill_s[clock_index]
+            return at_clock[run_columns] * run_scale + run_prefill * prefill_s_at_clock
 
         return PreparedTimes(starts, run_seconds)
 
     def seconds(
-        self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray, clock_index: int
-    ) -> np.ndarray:
+        self, batch: IntArray, kv_blocks: IntArray, prefill_tokens: IntArray, clock_index: int
+    ) -> FloatArray:
         """Seconds of each iteration at one clock (convenience; the planner uses prepare)."""
         prepared = self.prepare(batch, kv_blocks, prefill_tokens)
         lengths = np.diff(np.append(prepared.run_starts, len(batch)))

@@ -20,7 +20,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.state import MemoryStateStore, RequestEntry, Snapshot, StateStore, StateStoreError
+from slo_scoreboard.store import (
+    MemoryStateStore,
+    RequestEntry,
+    Snapshot,
+    StateStore,
+    StateStoreError,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from simulator import calibration
 from simulator.engine import Engine, Sequence
 from simulator.profile import EngineProfile, load_profile
 from simulator.realtime import RealtimeEngine
-from simulator.traces import Trace
+from simulator.traces import Trace, fit_to_window
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,6 @@ class TraceRun:
     @property
     def iterations_per_wall_s(self) -> float:
         return self.iterations / self.wall_s
-
-
-def fit_to_window(
-    prompt_tokens: int, output_tokens: int, window_tokens: int
-) -> tuple[int, int, bool]:
-    """Cut the prompt's head so prompt + output fits the context window."""
-    output_tokens = max(1, min(output_tokens, window_tokens - 1))
-    if prompt_tokens + output_tokens <= window_tokens:
-        return max(1, prompt_tokens), output_tokens, False
-    return window_tokens - output_tokens, output_tokens, True
 
 
 def replay_virtual(trace: Trace, profile: EngineProfile, seed: int = 0) -> TraceRun:

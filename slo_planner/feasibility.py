@@ -28,7 +28,9 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
+from predictor.arrays import FloatArray, IntArray
 from predictor.board import Board, Requests
 from predictor.projection import Projection, project
 
@@ -43,15 +45,15 @@ class PreparedTimes:
     (same batch, same KV bucket, no prefill), and each run's seconds per iteration at a
     clock. The planner's per-clock work then scales with the runs, not the horizon."""
 
-    run_starts: np.ndarray  # first iteration of each run, ascending, starting at 0
-    run_seconds: Callable[[int], np.ndarray]
+    run_starts: IntArray  # first iteration of each run, ascending, starting at 0
+    run_seconds: Callable[[int], FloatArray]
 
 
 class IterationTimes(Protocol):
-    clocks_mhz: np.ndarray  # ascending
+    clocks_mhz: IntArray  # ascending
 
     def prepare(
-        self, batch: np.ndarray, kv_blocks: np.ndarray, prefill_tokens: np.ndarray
+        self, batch: IntArray, kv_blocks: IntArray, prefill_tokens: IntArray
     ) -> PreparedTimes:
         """Bind a projection; what does not depend on the clock is done once, here."""
         ...
@@ -61,7 +63,7 @@ class _Runs:
     """The timeline's runs, and where each request's first and last token fall in them."""
 
     def __init__(
-        self, prepared: PreparedTimes, horizon: int, first: np.ndarray, last: np.ndarray
+        self, prepared: PreparedTimes, horizon: int, first: IntArray, last: IntArray
     ) -> None:
         self.seconds = prepared.run_seconds
         self.lengths = np.diff(prepared.run_starts, append=horizon)
@@ -79,16 +81,16 @@ class CheckResult:
     clock_index: int
     kv_overflow_blocks: int  # the worst excess over capacity; 0 if it fits
     kv_overflow_iteration: int | None
-    ttft_miss_s: np.ndarray
-    tbt_miss_s: np.ndarray
-    e2e_miss_s: np.ndarray
+    ttft_miss_s: FloatArray
+    tbt_miss_s: FloatArray
+    e2e_miss_s: FloatArray
 
     @property
-    def worst_miss_s(self) -> np.ndarray:
+    def worst_miss_s(self) -> FloatArray:
         return np.maximum(np.maximum(self.ttft_miss_s, self.tbt_miss_s), self.e2e_miss_s)
 
     @property
-    def missing(self) -> np.ndarray:
+    def missing(self) -> IntArray:
         """Indices of the requests that miss a promise."""
         return np.nonzero(self.worst_miss_s > TOLERANCE_S)[0]
 
@@ -150,20 +152,21 @@ class _Timeline:
             self._runs = (model, runs)
         return self._runs[1]
 
-    def times(self, model: IterationTimes, clock_index: int) -> tuple[np.ndarray, np.ndarray]:
+    def times(self, model: IterationTimes, clock_index: int) -> tuple[FloatArray, FloatArray]:
         """Seconds of each iteration, and when each ends."""
         runs = self._runs_for(model)
         seconds = np.repeat(runs.seconds(clock_index), runs.lengths)
         return seconds, self.board.now_s + np.cumsum(seconds)
 
     def token_times(
-        self, seconds: np.ndarray, done_s: np.ndarray, iterations: np.ndarray
-    ) -> np.ndarray:
+        self, seconds: FloatArray, done_s: FloatArray, iterations: IntArray
+    ) -> FloatArray:
         """When iteration `iterations` ends; past the horizon, at the last iteration's pace."""
         horizon = len(seconds)
-        inside = np.minimum(iterations, horizon - 1)
+        inside: IntArray = np.minimum(iterations, horizon - 1)
         beyond = np.maximum(iterations - (horizon - 1), 0)
-        return done_s[inside] + beyond * seconds[-1]
+        pace: np.float64 = seconds[-1]
+        return done_s[inside] + beyond * pace
 
     def feasible(self, model: IterationTimes, clock_index: int) -> bool:
         """The same verdict as `check(...).feasible`, computed per run of equal iterations."""
@@ -185,7 +188,7 @@ class _Timeline:
             return False
         return not (self._tbt_miss_s(first_s, last_s) > TOLERANCE_S).any()
 
-    def _tbt_miss_s(self, queued_first_s: np.ndarray, last_s: np.ndarray) -> np.ndarray:
+    def _tbt_miss_s(self, queued_first_s: FloatArray, last_s: FloatArray) -> FloatArray:
         """Mean gap over the tokens still to come, less the TBT SLO (-inf: no gap left)."""
         opened_s = np.concatenate([np.full(self.running, self.board.now_s), queued_first_s])
         mean_gap_s = (last_s - opened_s) / self._gaps_or_one
@@ -238,7 +241,7 @@ def renegotiated(board: Board, at_top: CheckResult) -> Board:
     )
 
 
-def _moved(limit: np.ndarray, miss: np.ndarray, budget: np.ndarray) -> np.ndarray:
+def _moved(limit: FloatArray, miss: FloatArray, budget: FloatArray) -> FloatArray:
     lost = miss > TOLERANCE_S
     return np.where(lost, limit + np.maximum(miss, LOST_PROMISE_SLACK * budget), limit)
 
@@ -264,12 +267,12 @@ def with_margin(board: Board, margin: float) -> Board:
     return replace(board, running=tightened(board.running), queued=tightened(board.queued))
 
 
-def _margin_where(board: Board, tight: Board, keep_margin: np.ndarray) -> Board:
+def _margin_where(board: Board, tight: Board, keep_margin: npt.NDArray[np.bool_]) -> Board:
     """`tight` (`board` with_margin) for the requests (running, then queued) where
     `keep_margin` is set; the others keep their real promises."""
     rows = len(board.running)
 
-    def chosen(real: Requests, tightened: Requests, mask: np.ndarray) -> Requests:
+    def chosen(real: Requests, tightened: Requests, mask: npt.NDArray[np.bool_]) -> Requests:
         return replace(
             real,
             ttft_slo_s=np.where(mask, tightened.ttft_slo_s, real.ttft_slo_s),

@@ -9,7 +9,11 @@ few dozen observations, and the planner's timeline stretches with it.
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
+
+from predictor.arrays import FloatArray, IntArray
 
 DEFAULT_BAND_EDGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -23,18 +27,24 @@ class OnlineCorrection:
     ) -> None:
         if not 0 < smoothing <= 1:
             raise ValueError("smoothing must be in (0, 1]")
-        self._edges = np.asarray(band_edges)
+        self._edges: IntArray = np.asarray(band_edges, dtype=np.int64)
         self._smoothing = smoothing
         self._sigmas = headroom_sigmas
-        self._mean = np.ones(len(band_edges))
-        self._variance = np.zeros(len(band_edges))
-        self.observations = np.zeros(len(band_edges), dtype=np.int64)
+        self._mean: FloatArray = np.ones(len(band_edges))
+        self._variance: FloatArray = np.zeros(len(band_edges))
+        self.observations: IntArray = np.zeros(len(band_edges), dtype=np.int64)
 
     @property
-    def factors_by_band(self) -> np.ndarray:
+    def factors_by_band(self) -> FloatArray:
         return self._mean + self._sigmas * np.sqrt(self._variance)
 
-    def band(self, batch: np.ndarray | int) -> np.ndarray:
+    @overload
+    def band(self, batch: int) -> np.int64: ...
+
+    @overload
+    def band(self, batch: IntArray) -> IntArray: ...
+
+    def band(self, batch: IntArray | int) -> IntArray | np.int64:
         return np.clip(
             np.searchsorted(self._edges, batch, side="right") - 1, 0, len(self._edges) - 1
         )
@@ -53,5 +63,5 @@ class OnlineCorrection:
         )
         self.observations[band] += 1
 
-    def factors(self, batch: np.ndarray) -> np.ndarray:
+    def factors(self, batch: IntArray) -> FloatArray:
         return self.factors_by_band[self.band(batch)]

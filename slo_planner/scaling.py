@@ -7,8 +7,8 @@ at once (a request rate past capacity breaks promises); shrinking only after the
 has fitted the smaller size for a whole grace period, so a lull between bursts does not
 tear down the engine the next burst needs.
 
-The gateway and the scaler share two things through a `ScalingChannel`: the arrivals
-counter the gateway adds to, and the route — the Triton model that new requests go to.
+The gateway and the scaler share the arrivals and the route through the scoreboard's
+`ScalingChannel` (slo_scoreboard/scaling_channel.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 DEFAULT_HEADROOM = 0.85  # run an engine at up to 85 % of its profiled capacity
 
@@ -86,42 +85,46 @@ class ScalingPolicy:
         return current
 
 
-class ScalingChannel(Protocol):
-    """What gateways and the scaler share: arrivals counted, and the current route."""
+class ScalingSteps:
+    """The instance scaler's rounds without I/O: measure the arrival rate, pick a size,
+    and keep the books of the move — which size serves, and until when each size left
+    behind keeps draining before it is unloaded (a size still draining is taken back
+    without a load). The governor's scaler (governor/scaler.py) drives it on the wall
+    clock against Triton; the replay on the virtual clock against the twin's engines."""
 
-    async def add_arrivals(self, count: int) -> None: ...
+    def __init__(self, policy: ScalingPolicy, current: EngineSize, drain_s: float) -> None:
+        self.policy = policy
+        self.current = current
+        self.drain_s = drain_s
+        self.rate_rps: float | None = None
+        self.draining_until_s: dict[str, float] = {}  # by Triton model
+        self._last_count: tuple[int, float] | None = None
 
-    async def arrivals(self) -> int:
-        """All arrivals counted so far (a counter that only grows)."""
-        ...
+    def count(self, arrivals: int, now_s: float) -> None:
+        """Where the rate is measured from: the arrivals counter at `now_s`."""
+        self._last_count = (arrivals, now_s)
 
-    async def route(self) -> str | None:
-        """The Triton model new requests go to; None: the gateway's configured one."""
-        ...
+    def round(self, arrivals: int, now_s: float) -> EngineSize | None:
+        """One round: the rate since the last count, and the size to move to (None: stay).
+        The first round only counts."""
+        last, self._last_count = self._last_count, (arrivals, now_s)
+        if last is None or now_s <= last[1]:
+            return None
+        self.rate_rps = (arrivals - last[0]) / (now_s - last[1])
+        target = self.policy.target(self.rate_rps, self.current, now_s)
+        return None if target == self.current else target
 
-    async def set_route(self, triton_model: str) -> None: ...
+    def still_loaded(self, size: EngineSize) -> bool:
+        """`size` was left behind and is draining: moving back needs no load."""
+        return size.triton_model in self.draining_until_s
 
-    async def aclose(self) -> None: ...
+    def moved(self, target: EngineSize, now_s: float) -> tuple[EngineSize, float]:
+        """Traffic now goes to `target`: the size left behind, and when to unload it."""
+        previous, self.current = self.current, target
+        self.draining_until_s.pop(target.triton_model, None)
+        unload_at_s = now_s + self.drain_s
+        self.draining_until_s[previous.triton_model] = unload_at_s
+        return previous, unload_at_s
 
-
-class MemoryScalingChannel:
-    """One process: the embedded governor and the gateway share this object."""
-
-    def __init__(self) -> None:
-        self._arrivals = 0
-        self._route: str | None = None
-
-    async def add_arrivals(self, count: int) -> None:
-        self._arrivals += count
-
-    async def arrivals(self) -> int:
-        return self._arrivals
-
-    async def route(self) -> str | None:
-        return self._route
-
-    async def set_route(self, triton_model: str) -> None:
-        self._route = triton_model
-
-    async def aclose(self) -> None:
-        return None
+    def unloaded(self, size: EngineSize) -> None:
+        self.draining_until_s.pop(size.triton_model, None)

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from governor.correction import OnlineCorrection
-from governor.iteration_times import TableIterationTimes
-from governor.planner import lowest_frequency
 from predictor.board import Board, Requests
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import performance_model_path
 from simulator.engine import Engine, Sequence
 from simulator.profile import load_profile
+from slo_planner.correction import OnlineCorrection
+from slo_planner.feasibility import lowest_frequency
+from slo_planner.iteration_times import TableIterationTimes
 
 PROFILE = "a100-40gb/llama-2-13b/tp1"
 

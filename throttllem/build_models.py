@@ -1,4 +1,4 @@
-"""Rebuild every shipped model and its card: `python -m onnx_models.build [--only NAME]`.
+"""Rebuild every shipped model and its card: `python -m throttllem.build_models [--only NAME]`.
 
 Performance models: the twin profile swept in virtual time, then LightGBM. Length models:
 the AlpacaEval recorded answers of the model (read from ../shared/data by path). Each card
@@ -16,9 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import onnx_models
 from simulator.profile import available_profiles
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(onnx_models.__file__).resolve().parent  # where the shipped models live
 ALPACA = Path("../shared/data/alpaca_eval")
 PROFILE_PASSES = 20
 LENGTH_MODELS = {  # recorded answers -> context window of the served model

@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.state import RequestEntry, Snapshot, StateStoreError
+from slo_scoreboard.store import RequestEntry, Snapshot, StateStoreError
 
 # Short, so a dead or unreachable Redis fails a request's state call in about a second
 # instead of stalling it (the failover store then serves locally).

@@ -9,13 +9,13 @@ import httpx
 from governor.gpu.base import GpuError
 
 
-class SimulatedGpu:
+class TwinGpu:
     def __init__(self, client: httpx.AsyncClient, index: int = 0) -> None:
         self._client = client
         self._index = index
 
     @classmethod
-    def connect(cls, control_url: str, index: int = 0, timeout_s: float = 2.0) -> SimulatedGpu:
+    def connect(cls, control_url: str, index: int = 0, timeout_s: float = 2.0) -> TwinGpu:
         return cls(httpx.AsyncClient(base_url=control_url, timeout=timeout_s), index)
 
     async def supported_clocks_mhz(self) -> list[int]:

@@ -2,7 +2,7 @@
 
 The planner projects the engine's future from it, the governor picks clocks from it,
 the metrics count from it. `MemoryStateStore` serves one process; `RedisStateStore`
-(gateway/state_redis.py) is shared by every worker and the stand-alone governor.
+(slo_scoreboard/redis_store.py) is shared by every worker and the stand-alone governor.
 
 Admission is compare-and-add: a worker reads a snapshot, asks the planner, then adds its
 request only if the set of requests has not changed since (the snapshot's version); if

@@ -1,0 +1,49 @@
+"""Whether one more request may join the engine's board: the admission verdict.
+
+The board holds the requests the engine serves (running) and those admitted but still
+waiting in it for their first token (queued, oldest first); the candidate queues behind
+them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from predictor.board import Board, Requests
+from slo_planner.feasibility import DEFAULT_HORIZON, TOLERANCE_S, IterationTimes, admit
+
+
+class Verdict(enum.Enum):
+    ADMIT = "admit"  # every promise holds with it
+    WAIT = "wait"  # it would make an admitted request miss: wait for room
+    LOST = "lost"  # it misses its own promise even now at the highest clock: serve it now
+
+
+@dataclass(frozen=True)
+class EngineShape:
+    max_batch: int
+    kv_capacity_blocks: int
+    tokens_per_block: int
+
+
+class AdmissionPlanner:
+    def __init__(
+        self, model: IterationTimes, engine: EngineShape, horizon: int = DEFAULT_HORIZON
+    ) -> None:
+        self.model = model
+        self.engine = engine
+        self.horizon = horizon
+
+    def verdict_on(self, board: Board, candidate: Requests) -> Verdict:
+        """The verdict for one queued row `candidate` joining `board`. On an empty board
+        there is nobody to protect: the engine is the judge of what fits."""
+        if board.size == 0:
+            return Verdict.ADMIT
+        decision = admit(board, candidate, self.model, self.horizon)
+        if decision.admit:
+            return Verdict.ADMIT
+        own = decision.with_request
+        if own is not None and own.worst_miss_s[-1] > TOLERANCE_S:
+            return Verdict.LOST
+        return Verdict.WAIT

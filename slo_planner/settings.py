@@ -1,0 +1,42 @@
+"""The planner's settings: the engine it plans for, and how much it keeps to spare (part
+of `THROTTLLEM_*`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from slo_planner.admission import EngineShape
+
+
+class PlannerSettings(BaseModel):
+    engine_max_batch: int = Field(
+        256, ge=1, description="The engine's largest batch (TensorRT-LLM max_batch_size)."
+    )
+    engine_kv_capacity_blocks: int = Field(
+        100_000, ge=1, description="KV-cache blocks the engine has (its paged KV pool)."
+    )
+    engine_tokens_per_block: int = Field(
+        64, ge=1, description="Tokens per KV-cache block (TensorRT-LLM tokens_per_block)."
+    )
+    governor_margin: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of every promise's budget the planned clock keeps to spare, so "
+        "that the next arrival still fits at the highest clock (admission uses the exact "
+        "promises).",
+    )
+    prefill_us_per_token: float = Field(
+        0.0,
+        ge=0,
+        description="Microseconds a prompt token adds to its iteration at the highest clock "
+        "(the decode profile leaves prefill out); `throttllem run` measures the twin's.",
+    )
+
+    @property
+    def engine_shape(self) -> EngineShape:
+        return EngineShape(
+            max_batch=self.engine_max_batch,
+            kv_capacity_blocks=self.engine_kv_capacity_blocks,
+            tokens_per_block=self.engine_tokens_per_block,
+        )
