@@ -4,7 +4,7 @@ by default, its limits (part of `THROTTLLEM_*`, composed by throttllem/settings.
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
 
 
-class BackendKind(str, Enum):
+class BackendKind(StrEnum):
     triton = "triton"
     openai = "openai"  # any OpenAI-compatible server: vLLM, Triton's OpenAI frontend, ...
 

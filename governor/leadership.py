@@ -1,6 +1,6 @@
 """Leader election: exactly one governor acts on the GPUs of one engine instance.
 
-Key layout, under `throttllem:{instance}:` like the gateway's scoreboard:
+Key layout, under `throttllem:{instance}:` like the scoreboard (slo_scoreboard/redis_store.py):
 
 - `throttllem:{instance}:governor:leader`: string, the leader's holder id, with a
   millisecond TTL of `ttl_s`; the leader re-arms it every `renew_every_s`.
@@ -31,14 +31,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from slo_scoreboard.cancellation import raise_if_cancelled
+from slo_scoreboard.redis_client import connect_redis, redis_address
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +72,6 @@ return 0
 """
 
 
-def _redis_address(url: str) -> str:
-    """Host and port only: fit for logs, no password (the governor does not import the gateway)."""
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
-
-
 def default_holder_id() -> str:
     """Unique per process: two governors must never share a holder id."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -110,37 +102,6 @@ class Leadership(Protocol):
         ...
 
 
-class SoleLeader:
-    """The in-memory mode: a single process, always the leader, fencing token 1."""
-
-    def __init__(self, holder: str = "local") -> None:
-        self._holder = holder
-
-    @property
-    def holder(self) -> str:
-        return self._holder
-
-    @property
-    def is_leader(self) -> bool:
-        return True
-
-    @property
-    def fencing_token(self) -> int | None:
-        return 1
-
-    async def acquire(self) -> bool:
-        return True
-
-    async def renew(self) -> bool:
-        return True
-
-    async def release(self) -> None:
-        return None
-
-    async def fence_is_current(self, token: int) -> bool:
-        return token == 1
-
-
 class RedisLeaderLock:
     """`Leadership` in Redis. Never raises on a Redis failure: it answers "not leader"."""
 
@@ -157,14 +118,11 @@ class RedisLeaderLock:
             # Timeouts well under the TTL, so a hung Redis is noticed long before the
             # lease could run out; no retries, the election loop tries again anyway.
             timeout_s = min(1.0, ttl_s / 3)
-            self._client = Redis.from_url(
-                client_or_url,
-                socket_connect_timeout=timeout_s,
-                socket_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 0),
+            self._client = connect_redis(
+                client_or_url, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, retries=0
             )
             self._owns_client = True
-            self._url = _redis_address(client_or_url)
+            self._url = redis_address(client_or_url)
         else:
             self._client = client_or_url
             self._owns_client = False

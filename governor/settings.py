@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -12,7 +12,7 @@ from pydantic_settings import NoDecode
 from slo_planner.scaling import EngineSize, parse_engine_sizes
 
 
-class GpuBackendKind(str, Enum):
+class GpuBackendKind(StrEnum):
     simulated = "simulated"
     nvml = "nvml"
     observe = "observe"

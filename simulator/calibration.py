@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.engine import Engine, Sequence
+from simulator.engine import Engine, EngineRequest
 from simulator.profile import EngineProfile
 
 CALIBRATION_PROFILE = "a100-40gb/llama-2-13b/tp1"
@@ -52,7 +52,7 @@ def decode_run(
     for gpu in engine.gpus:
         gpu.lock_clock(clock_mhz, now_s=-1.0)  # switched well before the run starts
     for index in range(batch_size):
-        engine.submit(Sequence(str(index), prompt_tokens, output_tokens, output_tokens))
+        engine.submit(EngineRequest(str(index), prompt_tokens, output_tokens, output_tokens))
     now_s = engine.step(0.0).ended_s  # prefill
     if engine.running != batch_size:
         raise ValueError(f"{batch_size} requests of this size do not fit in {profile.name}")

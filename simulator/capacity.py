@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.engine import Engine
-from simulator.engine import Sequence as EngineSequence
+from simulator.engine import Engine, EngineRequest
 from simulator.engine_sizes import ensemble_model_name, size_label
 from simulator.profile import EngineProfile
 from simulator.traces import Trace, fit_to_window
@@ -60,7 +59,7 @@ def saturate(
         while engine.waiting < QUEUED and len(submitted_s) < len(mix):
             index = len(submitted_s)
             prompt, output = mix[index]
-            engine.submit(EngineSequence(str(index), prompt, output, output))
+            engine.submit(EngineRequest(str(index), prompt, output, output))
             submitted_s[str(index)] = now_s
 
     top_up()
@@ -95,7 +94,7 @@ def prefill_s_per_token(
     extra_s = []
     for seed in range(samples):
         engine = Engine(profile, seed=seed)
-        engine.submit(EngineSequence("probe", prompt_tokens, 2, 2))
+        engine.submit(EngineRequest("probe", prompt_tokens, 2, 2))
         first = engine.step(0.0)
         second = engine.step(first.ended_s)
         extra_s.append(first.duration_s - second.duration_s)

@@ -30,7 +30,7 @@ class RequestRejectedError(ValueError):
 
 
 @dataclass
-class Sequence:
+class EngineRequest:
     """One request inside the engine. `output_tokens` is the true length, known only here."""
 
     request_id: str
@@ -79,8 +79,8 @@ class Engine:
     iterations: int = 0
     kv_used_blocks: int = 0
     last_step: StepResult | None = None
-    _waiting: deque[Sequence] = field(default_factory=deque)
-    _running: dict[str, Sequence] = field(default_factory=dict)
+    _waiting: deque[EngineRequest] = field(default_factory=deque)
+    _running: dict[str, EngineRequest] = field(default_factory=dict)
     _reserved_blocks: int = 0
     _context_tokens: int = 0
     _block_crossings: list[int] = field(default_factory=list)
@@ -122,7 +122,7 @@ class Engine:
                 f"({self.kv_capacity_blocks} blocks of {self._tokens_per_block} tokens)"
             )
 
-    def submit(self, sequence: Sequence) -> None:
+    def submit(self, sequence: EngineRequest) -> None:
         self.check(sequence.prompt_tokens, sequence.max_tokens)
         if not 1 <= sequence.output_tokens <= sequence.max_tokens:
             raise RequestRejectedError("output_tokens must lie in 1..max_tokens")
@@ -142,7 +142,7 @@ class Engine:
     def running(self) -> int:
         return len(self._running)
 
-    def running_sequences(self) -> list[Sequence]:
+    def running_sequences(self) -> list[EngineRequest]:
         """The requests in the batch, in the order they were scheduled."""
         return list(self._running.values())
 
@@ -266,7 +266,7 @@ class Engine:
             scheduled += 1
         return prefill_tokens, prefill_square, scheduled
 
-    def _start(self, sequence: Sequence, iteration: int, context: int, blocks: int) -> None:
+    def _start(self, sequence: EngineRequest, iteration: int, context: int, blocks: int) -> None:
         sequence.start_iteration = iteration
         sequence.start_context_tokens = context
         sequence.start_generated_tokens = sequence.generated_tokens
@@ -306,7 +306,7 @@ class Engine:
             paused.append(request_id)
         return tuple(paused)
 
-    def _release(self, sequence: Sequence) -> None:
+    def _release(self, sequence: EngineRequest) -> None:
         """Take a running sequence's tokens and blocks off the books."""
         sequence.generated_tokens = sequence.generated_after(self.iterations)
         context = sequence.prompt_tokens + sequence.generated_tokens
@@ -316,12 +316,12 @@ class Engine:
         self._block_crossings[self._crossing_key(sequence)] -= 1
         sequence.start_iteration = -1
 
-    def _crossing_key(self, sequence: Sequence) -> int:
+    def _crossing_key(self, sequence: EngineRequest) -> int:
         """Iterations i with i % tokens_per_block == key are those in which this sequence's
         context reaches a block boundary and its next token needs a new block."""
         return (sequence.start_iteration - sequence.start_context_tokens) % self._tokens_per_block
 
-    def _reservation(self, sequence: Sequence) -> int:
+    def _reservation(self, sequence: EngineRequest) -> int:
         if self.policy != "guaranteed_no_evict":
             return 0
         return self._blocks(sequence.prompt_tokens + sequence.max_tokens)

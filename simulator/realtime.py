@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from simulator.engine import Engine, Sequence
+from simulator.engine import Engine, EngineRequest
 
 _TOKEN, _END = True, False
 _MAX_CATCH_UP_S = 0.05  # behind by more than this (an overloaded host): start afresh
@@ -65,7 +65,7 @@ class RealtimeEngine:
         with self._lock:
             return action(self.engine, self._clock_s())
 
-    async def generate(self, sequence: Sequence) -> AsyncIterator[int]:
+    async def generate(self, sequence: EngineRequest) -> AsyncIterator[int]:
         """Yield the index of each token of `sequence` as the engine emits it.
 
         Raises RequestRejectedError at once if the engine can never serve it.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.engine import RequestRejectedError, Sequence
+from simulator.engine import EngineRequest, RequestRejectedError
 from simulator.realtime import RealtimeEngine
 from simulator.responses import Responses
 
@@ -122,7 +122,7 @@ class TwinModel:
     async def _generate(self, request: GenerateRequest) -> AsyncIterator[dict[str, np.ndarray]]:
         plan = self._responses.plan(request.prompt, request.max_tokens, request.min_tokens)
         prompt_tokens = self._responses.prompt_tokens(request.prompt)
-        sequence = Sequence(
+        sequence = EngineRequest(
             request_id=uuid.uuid4().hex,
             prompt_tokens=prompt_tokens,
             max_tokens=request.max_tokens,

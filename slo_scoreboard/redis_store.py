@@ -21,13 +21,11 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from slo_scoreboard.redis_client import connect_redis, redis_address
 from slo_scoreboard.store import RequestEntry, Snapshot, StateStoreError
 
 # Short, so a dead or unreachable Redis fails a request's state call in about a second
@@ -81,18 +79,6 @@ return 0
 """
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 class RedisStateStore:
     """`StateStore` in Redis. Every failure surfaces as `StateStoreError`, naming the URL."""
 
@@ -100,7 +86,7 @@ class RedisStateStore:
         if not entry_ttl_s > 0:
             raise ValueError(f"entry_ttl_s must be positive, got {entry_ttl_s}")
         self._client = client
-        self._url = redact_url(url)
+        self._url = redis_address(url)
         self._prefix = f"throttllem:{instance}:"
         self._request_prefix = f"{self._prefix}request:"
         self._index_key = f"{self._prefix}requests"
@@ -113,11 +99,11 @@ class RedisStateStore:
     @classmethod
     def connect(cls, url: str, instance: str, entry_ttl_s: float) -> RedisStateStore:
         """A store on `url`. Connects lazily: nothing is sent until the first call."""
-        client = Redis.from_url(
+        client = connect_redis(
             url,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_timeout=OPERATION_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),  # fail fast; the caller decides what to do
+            socket_timeout_s=OPERATION_TIMEOUT_S,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            retries=0,  # fail fast; the caller decides what to do
         )
         return cls(client, url, instance, entry_ttl_s)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from slo_scoreboard.redis_client import connect_redis
+
 
 class RedisScalingChannel:
     def __init__(self, client: Redis, instance: str) -> None:
@@ -37,7 +39,9 @@ class RedisScalingChannel:
 
     @classmethod
     def connect(cls, url: str, instance: str) -> RedisScalingChannel:
-        return cls(Redis.from_url(url), instance)
+        # redis-py's default timeouts and retry, as before: not the scoreboard's fail-fast ones.
+        client = connect_redis(url, socket_timeout_s=None, connect_timeout_s=None, retries=None)
+        return cls(client, instance)
 
     async def aclose(self) -> None:
         await self._client.aclose()

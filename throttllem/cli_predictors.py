@@ -7,7 +7,10 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from governor.gpu.base import GpuClock
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
@@ -29,8 +32,9 @@ def add_profile_command(commands: Subparsers) -> None:
         "--metrics-url",
         help="TensorRT-LLM metrics page (default: the twin's, on --gpu-control-url)",
     )
-    profile.add_argument("--gpu-backend", choices=["simulated"], default="simulated",
-                         help="how clocks are set (nvml arrives with the governor's issue)")  # fmt: skip
+    profile.add_argument("--gpu-backend", choices=["simulated", "nvml"], default="simulated",
+                         help="how clocks are set: the twin's control API, or NVML on real GPUs "
+                         "(needs CAP_SYS_ADMIN and --metrics-url)")  # fmt: skip
     profile.add_argument(
         "--gpu-control-url", default="http://127.0.0.1:8003", help="the twin's GPU control API"
     )
@@ -137,9 +141,9 @@ def _profile(args: argparse.Namespace) -> int:
             print(f"throttllem profile: {error}", file=sys.stderr)
             return 2
     else:
-        from governor.gpu.twin_client import TwinGpu
-
-        gpus = [TwinGpu.connect(args.gpu_control_url, index) for index in range(args.gpus)]
+        gpus = _profiled_gpus(args)
+        if gpus is None:
+            return 2
         target = LiveTarget(
             triton_url=args.target.rstrip("/"),
             metrics_url=args.metrics_url or f"{args.gpu_control_url.rstrip('/')}/metrics",
@@ -155,6 +159,26 @@ def _profile(args: argparse.Namespace) -> int:
     write_rows(args.out, rows)
     print(f"{len(rows)} rows written to {args.out}")
     return 0
+
+
+def _profiled_gpus(args: argparse.Namespace) -> list[GpuClock] | None:
+    """The instance's GPUs through the chosen backend; None (said why) if they cannot be had."""
+    if args.gpu_backend == "simulated":
+        from governor.gpu.twin_client import TwinGpu
+
+        return [TwinGpu.connect(args.gpu_control_url, index) for index in range(args.gpus)]
+    from governor.gpu.base import GpuError
+    from governor.gpu.observe import open_nvml_instance
+
+    if not args.metrics_url:
+        print("throttllem profile: --gpu-backend nvml needs --metrics-url (Triton's metrics "
+              "page, http://HOST:8002/metrics)", file=sys.stderr)  # fmt: skip
+        return None
+    try:
+        return list(open_nvml_instance(list(range(args.gpus)), "control"))
+    except GpuError as error:
+        print(f"throttllem profile: {error}", file=sys.stderr)
+        return None
 
 
 def _train_performance(args: argparse.Namespace) -> int:

@@ -110,8 +110,7 @@ def read_rows(path: Path) -> list[ProfileRow]:
 
 def profile_virtual(profile_name: str, output_tokens: int = 256, window_iterations: int = 8, seed: int = 0,
                     batch_step: int = 1, passes: int = 1) -> list[ProfileRow]:  # fmt: skip
-    from simulator.engine import Engine
-    from simulator.engine import Sequence as EngineSequence
+    from simulator.engine import Engine, EngineRequest
     from simulator.profile import load_profile
 
     profile = load_profile(profile_name)
@@ -136,7 +135,7 @@ def profile_virtual(profile_name: str, output_tokens: int = 256, window_iteratio
         now_s += profile.gpu.clock_switch_latency_s
         prompts, step_tokens = plan.step_shape(rng, batch)
         for index, prompt in enumerate(prompts):
-            engine.submit(EngineSequence(f"{batch}-{index}", prompt, step_tokens, step_tokens))
+            engine.submit(EngineRequest(f"{batch}-{index}", prompt, step_tokens, step_tokens))
         now_s = engine.step(now_s).ended_s  # the prefill iteration is not a decode sample
         while engine.running == batch:
             kv_blocks, started_s, done = engine.kv_used_blocks, now_s, 0

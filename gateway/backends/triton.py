@@ -103,7 +103,7 @@ def _chunk(data: str) -> GenerationChunk:
     except json.JSONDecodeError as error:
         raise BackendError(f"Triton sent an event that is not JSON: {data[:200]!r}") from error
     if "error" in event:
-        raise BackendError(f"Triton: {_first_line(str(event['error']))}")
+        raise BackendError(f"Triton: {_last_line(str(event['error']))}")
     return GenerationChunk(
         text=str(event.get("text_output", "")),
         output_tokens=_int_or_none(event.get("num_output_tokens")),
@@ -118,13 +118,13 @@ def _error_from_status(status: int, body: bytes, model: str) -> Exception:
     else:
         message = body.decode(errors="replace")
     if status == 400:
-        return InvalidRequestError(f"Triton refused the request: {_first_line(message)}")
+        return InvalidRequestError(f"Triton refused the request: {_last_line(message)}")
     if status in (404, 503):
         return BackendUnavailableError(f"Triton model {model!r} is not available: {message}")
-    return BackendError(f"Triton answered HTTP {status}: {_first_line(message)}")
+    return BackendError(f"Triton answered HTTP {status}: {_last_line(message)}")
 
 
-def _first_line(message: str) -> str:
+def _last_line(message: str) -> str:
     """Triton errors from Python models carry a whole traceback; its last line says it."""
     lines = [line for line in message.strip().splitlines() if line.strip()]
     return lines[-1] if lines else message

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
-from slo_scoreboard.redis_store import RedisStateStore, redact_url
+from slo_scoreboard.redis_client import connect_redis, redis_address
+from slo_scoreboard.redis_store import RedisStateStore
 from slo_scoreboard.store import RequestEntry, StateStoreError
 from tests.servers import free_ports
 
@@ -175,7 +176,32 @@ async def test_an_unreadable_entry_is_a_state_store_error(
         await store.snapshot()
 
 
-def test_redact_url_hides_only_the_password():
-    assert redact_url("redis://u:pw@h:6379/0") == "redis://u:***@h:6379/0"
-    assert redact_url("redis://:pw@h/1") == "redis://:***@h/1"
-    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+async def test_connect_redis_sets_only_the_options_it_is_given():
+    client = connect_redis(REDIS_URL, socket_timeout_s=0.5, connect_timeout_s=0.25, retries=0)
+    plain = connect_redis(REDIS_URL, socket_timeout_s=None, connect_timeout_s=None, retries=None)
+    try:
+        options = client.connection_pool.connection_kwargs
+        assert (options["socket_timeout"], options["socket_connect_timeout"]) == (0.5, 0.25)
+        assert options["retry"].get_retries() == 0
+        assert not {"socket_timeout", "socket_connect_timeout", "retry"} & set(
+            plain.connection_pool.connection_kwargs
+        )
+        assert await client.ping() and await plain.ping()
+    finally:
+        await client.aclose()
+        await plain.aclose()
+
+
+def test_redis_address_is_host_and_port_only():
+    assert redis_address("redis://u:pw@h:6380/0") == "h:6380"
+    assert redis_address("redis://:pw@h/1") == "h:6379"
+    assert redis_address("rediss://h") == "h:6379"
+    assert redis_address("unix://:pw@/run/redis.sock?db=1&password=pw") == "/run/redis.sock"
+
+
+async def test_the_store_names_its_redis_by_address_only():
+    store = RedisStateStore.connect("redis://u:s3cret@127.0.0.1:6379/0", "named", 10.0)
+    try:
+        assert repr(store) == "RedisStateStore('127.0.0.1:6379', prefix='throttllem:named:')"
+    finally:
+        await store.aclose()

@@ -19,9 +19,7 @@ from governor.leadership import (
     DEFAULT_RENEW_EVERY_S,
     DEFAULT_TTL_S,
     LeaderElection,
-    Leadership,
     RedisLeaderLock,
-    SoleLeader,
 )
 from tests.servers import free_ports
 
@@ -61,14 +59,6 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> N
 
 def leader_key(instance: str) -> str:
     return f"throttllem:{instance}:governor:leader"
-
-
-async def test_sole_leader_always_leads_with_token_1():
-    sole: Leadership = SoleLeader()
-    assert await sole.acquire() and await sole.renew()
-    await sole.release()
-    assert sole.is_leader and sole.fencing_token == 1
-    assert await sole.fence_is_current(1) and not await sole.fence_is_current(2)
 
 
 async def test_only_one_holder_leads_and_tokens_grow_across_leaders(

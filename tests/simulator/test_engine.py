@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from simulator.engine import Engine, RequestRejectedError, Sequence
+from simulator.engine import Engine, EngineRequest, RequestRejectedError
 from simulator.physics import IterationModel
 from simulator.profile import EngineProfile, load_profile
 
@@ -14,8 +14,10 @@ def make_engine(profile: EngineProfile = LLAMA_13B_TP1, **overrides) -> Engine:
     return Engine(dataclasses.replace(profile, **overrides) if overrides else profile)
 
 
-def seq(name: str, prompt: int = 10, output: int = 3, max_tokens: int | None = None) -> Sequence:
-    return Sequence(
+def seq(
+    name: str, prompt: int = 10, output: int = 3, max_tokens: int | None = None
+) -> EngineRequest:
+    return EngineRequest(
         name, prompt_tokens=prompt, max_tokens=max_tokens or output, output_tokens=output
     )
 

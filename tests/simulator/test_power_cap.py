@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from simulator.engine import Engine, Sequence
+from simulator.engine import Engine, EngineRequest
 from simulator.gpu import UnsupportedPowerLimitError
 from simulator.metrics import twin_registry
 from simulator.physics import IterationModel, PowerModel
@@ -34,7 +34,7 @@ def serve(
     for gpu in engine.gpus[gpus]:
         gpu.set_power_limit(cap_w)
     for index in range(requests):
-        engine.submit(Sequence(str(index), 500, 40, 40))
+        engine.submit(EngineRequest(str(index), 500, 40, 40))
     results, now_s = [], 0.0
     while engine.has_work:
         result = engine.step(now_s)
@@ -90,7 +90,7 @@ def test_each_iteration_runs_as_fast_as_the_cap_allows():
     for gpu in engine.gpus:
         gpu.set_power_limit(150.0)
     for index in range(16):
-        engine.submit(Sequence(str(index), 500, 40, 40))
+        engine.submit(EngineRequest(str(index), 500, 40, 40))
     now_s, step_w = 0.0, TP2.gpu.dynamic_power_w * 15 / TP2.gpu.max_clock_mhz
     for _ in range(5):  # the prefill, then decode: different activity, different clocks
         result = engine.step(now_s)
@@ -113,7 +113,7 @@ def test_the_iteration_runs_at_the_clock_its_gpus_draw_at(cap_w: float):
     for gpu in engine.gpus:
         gpu.set_power_limit(cap_w)
     for index in range(16):
-        engine.submit(Sequence(str(index), 500, 40, 40))
+        engine.submit(EngineRequest(str(index), 500, 40, 40))
     now_s = 0.0
     for work in (PREFILL, DECODE):
         result = engine.step(now_s)
@@ -133,7 +133,7 @@ def _first_iteration(cap_w: float, lock_mhz: int | None) -> tuple[float, int, En
         if lock_mhz is not None:  # lands 200 ms into the prefill, which takes over 1 s
             gpu.lock_clock(lock_mhz, 0.0)
     for index in range(16):
-        engine.submit(Sequence(str(index), 500, 40, 40))
+        engine.submit(EngineRequest(str(index), 500, 40, 40))
     result = engine.step(0.0)
     return result.duration_s, result.clock_mhz, engine
 

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from simulator.engine import Engine, Sequence
+from simulator.engine import Engine, EngineRequest
 from simulator.profile import load_profile
 from simulator.realtime import RealtimeEngine
 
@@ -14,7 +14,7 @@ def make_runner() -> RealtimeEngine:
 
 
 async def collect(runner: RealtimeEngine, name: str, tokens: int) -> list[int]:
-    return [index async for index in runner.generate(Sequence(name, 20, tokens, tokens))]
+    return [index async for index in runner.generate(EngineRequest(name, 20, tokens, tokens))]
 
 
 async def test_concurrent_streams_get_every_token_in_order():
@@ -31,7 +31,7 @@ async def test_concurrent_streams_get_every_token_in_order():
 async def test_a_consumer_that_stops_early_frees_its_place_in_the_engine():
     runner = make_runner()
     try:
-        stream = runner.generate(Sequence("a", 20, 1000, 1000))
+        stream = runner.generate(EngineRequest("a", 20, 1000, 1000))
         assert await anext(stream) == 0
         await stream.aclose()
         assert runner.locked(lambda engine, now_s: (engine.running, engine.waiting)) == (0, 0)

@@ -18,7 +18,7 @@ import numpy as np
 from predictor.board import Board, Requests
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import performance_model_path
-from simulator.engine import Engine, Sequence
+from simulator.engine import Engine, EngineRequest
 from simulator.profile import load_profile
 from slo_planner.correction import OnlineCorrection
 from slo_planner.feasibility import lowest_frequency
@@ -58,7 +58,7 @@ def run(optimism: float = 0.10, correct: bool = True, seconds: int = 20, batch: 
     def submit() -> None:
         nonlocal serial
         output = int(rng.integers(200, 400))
-        engine.submit(Sequence(f"r{serial}", int(rng.integers(100, 400)), output, output))
+        engine.submit(EngineRequest(f"r{serial}", int(rng.integers(100, 400)), output, output))
         serial += 1
 
     for _ in range(batch):

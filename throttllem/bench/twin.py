@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from simulator import calibration
-from simulator.engine import Engine, Sequence
+from simulator.engine import Engine, EngineRequest
 from simulator.profile import EngineProfile, load_profile
 from simulator.realtime import RealtimeEngine
 from simulator.traces import Trace, fit_to_window
@@ -58,7 +58,7 @@ def replay_virtual(trace: Trace, profile: EngineProfile, seed: int = 0) -> Trace
                 prompts[next_request], outputs[next_request], window
             )
             truncated += cut
-            engine.submit(Sequence(str(next_request), prompt, output, output))
+            engine.submit(EngineRequest(str(next_request), prompt, output, output))
             next_request += 1
         if not engine.has_work:
             now_s = arrivals[next_request]
@@ -97,7 +97,7 @@ def measure_pacing(profile: EngineProfile, streams: int = 8, tokens: int = 150) 
     runner.start()
 
     async def stream(index: int) -> int:
-        sequence = Sequence(f"s{index}", 100, tokens, tokens)
+        sequence = EngineRequest(f"s{index}", 100, tokens, tokens)
         received = 0
         async for _ in runner.generate(sequence):
             received += 1

@@ -37,8 +37,7 @@ import numpy as np
 
 from governor.settings import GovernorSettings
 from predictor.board import Board, Requests
-from simulator.engine import Engine, StepResult
-from simulator.engine import Sequence as EngineSequence
+from simulator.engine import Engine, EngineRequest, StepResult
 from simulator.profile import EngineProfile
 from slo_planner.admission import AdmissionPlanner, EngineShape
 from slo_planner.admission_queue import AdmissionQueue
@@ -177,8 +176,8 @@ class _Instance:
 
     def submit(self, index: int, requests: _Requests, now_s: float) -> None:
         output = int(requests.outputs[index])
-        self.engine.submit(EngineSequence(str(index), int(requests.prompts[index]), output,
-                                          output))  # fmt: skip
+        self.engine.submit(EngineRequest(str(index), int(requests.prompts[index]), output,
+                                         output))  # fmt: skip
         self.active[index] = None
         requests.admitted_s[index] = now_s
         self.board_changed()
