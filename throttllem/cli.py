@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from throttllem.cli_frontier import add_frontier_command
 from throttllem.cli_predictors import (
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration-s", type=float, default=10.0, help="seconds of each measured run (default: 10)"
     )
     gateway_bench.set_defaults(handler=_bench_gateway)
+    _add_live_agreement_bench(benches)
     capacity = commands.add_parser(
         "capacity",
         help="each engine size's capacity (req/s at the highest clock) for instance scaling",
@@ -289,6 +291,57 @@ def _bench_gateway(args: argparse.Namespace) -> int:
         print(f"throttllem bench gateway: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_live_agreement_bench(benches: Any) -> None:
+    from throttllem.bench.live_agreement import (
+        ATTAINMENT_TOLERANCE_PP,
+        ENERGY_TOLERANCE,
+        AgreementOptions,
+    )
+
+    defaults = AgreementOptions()
+    agreement = benches.add_parser(
+        "live-agreement",
+        help="the live replay against `throttllem run` and the virtual one agree on a slice",
+        description="Make one workload of a trace's slice, replay it with the virtual "
+        "throttllem policy, then start `throttllem run` on free ports and send it the same "
+        "workload with `replay --live` in real time (a 300 s slice takes about 300 s). Prints "
+        "both runs' attainment and energy and their differences; exits 1 unless they agree "
+        f"within {ATTAINMENT_TOLERANCE_PP:g} pp of attainment and {ENERGY_TOLERANCE:.0%} of "
+        "energy.",
+    )
+    agreement.add_argument("--duration-s", type=float, default=defaults.duration_s,
+                           help=f"seconds of the scaled trace (default: {defaults.duration_s:g})")  # fmt: skip
+    agreement.add_argument("--rate", type=float, default=defaults.rate,
+                           help=f"the slice's mean req/s (default: {defaults.rate:g})")  # fmt: skip
+    agreement.add_argument("--profile", default=defaults.profile,
+                           help=f"twin engine (default: {defaults.profile})")  # fmt: skip
+    agreement.add_argument("--trace", type=Path, default=defaults.trace,
+                           help="Azure trace CSV (default: the conversation trace)")  # fmt: skip
+    agreement.add_argument("--alpaca-eval", type=Path, default=defaults.alpaca_eval_dir,
+                           help="folder of AlpacaEval <model>.json files")  # fmt: skip
+    agreement.add_argument("--seed", type=int, default=defaults.seed,
+                           help=f"the prompts' pairing (default: {defaults.seed})")  # fmt: skip
+    agreement.add_argument("--json", type=Path, default=None, help="write the report here")
+    agreement.set_defaults(handler=_bench_live_agreement)
+
+
+def _bench_live_agreement(args: argparse.Namespace) -> int:
+    from simulator.profile import UnknownProfileError
+    from simulator.traces import TraceError
+    from throttllem.bench.live_agreement import AgreementOptions, bench_live_agreement
+    from throttllem.replay.live import LiveTargetError
+
+    options = AgreementOptions(duration_s=args.duration_s, rate=args.rate, profile=args.profile,
+                               trace=args.trace, alpaca_eval_dir=args.alpaca_eval,
+                               seed=args.seed)  # fmt: skip
+    try:
+        report = bench_live_agreement(options, args.json)
+    except (TraceError, UnknownProfileError, ValueError, LiveTargetError, RuntimeError) as error:
+        print(f"throttllem bench live-agreement: {error}", file=sys.stderr)
+        return 2
+    return 0 if report["agreement"]["passed"] else 1
 
 
 def _serve(args: argparse.Namespace) -> int:

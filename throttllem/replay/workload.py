@@ -11,7 +11,8 @@ Lengths. The engine always generates the true output length (as a replay with
 is within `e` for 95 % of requests. `model` pairs each request with an AlpacaEval prompt
 (in turn, from a seeded shuffle): the trace's context length pads the prompt, the true
 output is the length of the response the served model really gave, and the gateway's
-length model predicts from the prompt alone, so it never sees the answer.
+length model predicts from the prompt alone, so it never sees the answer. The workload
+keeps each request's prompt text (`prompt_texts`), which the live replay sends.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Workload:
     cut: np.ndarray  # whether the request's prompt lost its head to fit the window
     # With the length model: its lengths at PLANNING_LEVELS, one row per request.
     length_quantiles: np.ndarray | None = None
+    # With the length model: each request's AlpacaEval instruction, the text its
+    # prediction was made from (the live replay sends it).
+    prompt_texts: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -67,7 +71,7 @@ class Workload:
             if duration_s is not None
             else len(self)
         )
-        quantiles = self.length_quantiles
+        quantiles, texts = self.length_quantiles, self.prompt_texts
         return Workload(
             arrival_s=arrival_s[:kept],
             prompt_tokens=self.prompt_tokens[:kept],
@@ -75,6 +79,7 @@ class Workload:
             predicted_tokens=self.predicted_tokens[:kept],
             cut=self.cut[:kept],
             length_quantiles=quantiles[:kept] if quantiles is not None else None,
+            prompt_texts=texts[:kept] if texts is not None else None,
         )
 
 
@@ -147,6 +152,7 @@ class PromptSet:
     output_tokens: np.ndarray
     predicted_tokens: np.ndarray
     quantiles: np.ndarray  # [prompts, PLANNING_LEVELS]
+    texts: tuple[str, ...] = ()  # the instructions themselves, when read from a file
 
 
 def build_workload(
@@ -161,6 +167,7 @@ def build_workload(
     trace_prompts, outputs = trace.prompt_tokens, trace.output_tokens
     believed: np.ndarray | None = None
     quantiles: np.ndarray | None = None
+    texts: tuple[str, ...] | None = None
     if lengths == "model":
         if prompts is None:
             raise ValueError("--lengths model needs the AlpacaEval prompts and the length model")
@@ -170,6 +177,8 @@ def build_workload(
         outputs = prompts.output_tokens[paired]
         believed = prompts.predicted_tokens[paired]
         quantiles = prompts.quantiles[paired]
+        if prompts.texts:
+            texts = tuple(prompts.texts[i] for i in paired)
     fitted = [fit_to_window(int(p), int(o), window_tokens)
               for p, o in zip(trace_prompts, outputs, strict=True)]  # fmt: skip
     fitted_prompts = np.array([p for p, _, _ in fitted], dtype=np.int64)
@@ -183,6 +192,7 @@ def build_workload(
         predicted_tokens=np.asarray(believed, dtype=np.int64),
         cut=np.array([cut for _, _, cut in fitted], dtype=bool),
         length_quantiles=quantiles,
+        prompt_texts=texts,
     )
     return whole.scaled(scale, duration_s)
 
@@ -203,6 +213,7 @@ def read_prompt_set(responses: Path, tokenizer: PromptTokenizer, length_model: L
         output_tokens=np.array([max(1, tokenizer.count(text)) for text in answers], dtype=np.int64),
         predicted_tokens=np.array([p.point() for p in predictions], dtype=np.int64),
         quantiles=np.array([planning_quantiles(p) for p in predictions], dtype=np.int64),
+        texts=tuple(instructions),
     )
 
 
