@@ -162,7 +162,7 @@ class Admission:
         One attempt at a time per worker: concurrent attempts of one worker would only
         move each other's version and retry; across workers, compare-and-add decides."""
         async with self._attempt:
-            candidate = _Waiter(entry, 0.0, asyncio.get_running_loop().create_future())
+            candidate = requests_of([entry])
             for _ in range(_RACES_BEFORE_QUEUEING):
                 snapshot = await self._store.snapshot()
                 verdict = self._queue.verdict(self._board(snapshot), candidate)

@@ -59,18 +59,19 @@ class AdmissionQueue(Generic[Item]):
     def waiting(self) -> int:
         return sum(1 for place in self._heap if not self._abandoned(place.item))
 
-    def verdict(self, board: Board | None, item: Item) -> Verdict:
-        """May `item` join `board` now? (`board` may be None only without a planner.)"""
+    def verdict(self, board: Board | None, candidate: Requests) -> Verdict:
+        """May the one row `candidate` join `board` now? (`board` may be None only
+        without a planner.)"""
         if self.planner is None:
             return Verdict.ADMIT
         if board is None:
             raise ValueError("a planner needs the board to decide on")
-        return self.planner.verdict_on(board, self._rows_of(item))
+        return self.planner.verdict_on(board, candidate)
 
     def enqueue(self, item: Item, deadline_s: float) -> bool:
         """Queue it by its first-token deadline; False when too many wait already."""
-        if self.waiting >= self._max_waiting:
-            return False
+        if len(self._heap) >= self._max_waiting and self.waiting >= self._max_waiting:
+            return False  # (the heap's length bounds the count: count only when it may tell)
         heapq.heappush(self._heap, _Place(deadline_s, next(self._sequence), item))
         return True
 
@@ -86,7 +87,7 @@ class AdmissionQueue(Generic[Item]):
         head = self.head()
         if head is None:
             return None
-        verdict = self.verdict(board, head)
+        verdict = self.verdict(board, self._rows_of(head))
         return None if verdict is Verdict.WAIT else (head, verdict)
 
     def pop_head(self) -> Item:

@@ -87,9 +87,9 @@ class ScalingPolicy:
 
 class ScalingSteps:
     """The instance scaler's rounds without I/O: measure the arrival rate, pick a size,
-    and keep the books of the move — which size serves, and until when each size left
-    behind keeps draining before it is unloaded (a size still draining is taken back
-    without a load). The governor's scaler (governor/scaler.py) drives it on the wall
+    and keep the books of the move — which size serves, and which sizes left behind are
+    still loaded, draining (`moved` says when each is to be unloaded; a size still
+    draining is taken back without a load). The governor's scaler (governor/scaler.py) drives it on the wall
     clock against Triton; the replay on the virtual clock against the twin's engines."""
 
     def __init__(self, policy: ScalingPolicy, current: EngineSize, drain_s: float) -> None:
@@ -97,7 +97,7 @@ class ScalingSteps:
         self.current = current
         self.drain_s = drain_s
         self.rate_rps: float | None = None
-        self.draining_until_s: dict[str, float] = {}  # by Triton model
+        self.draining: set[str] = set()  # Triton models left behind, still loaded
         self._last_count: tuple[int, float] | None = None
 
     def count(self, arrivals: int, now_s: float) -> None:
@@ -116,15 +116,14 @@ class ScalingSteps:
 
     def still_loaded(self, size: EngineSize) -> bool:
         """`size` was left behind and is draining: moving back needs no load."""
-        return size.triton_model in self.draining_until_s
+        return size.triton_model in self.draining
 
     def moved(self, target: EngineSize, now_s: float) -> tuple[EngineSize, float]:
         """Traffic now goes to `target`: the size left behind, and when to unload it."""
         previous, self.current = self.current, target
-        self.draining_until_s.pop(target.triton_model, None)
-        unload_at_s = now_s + self.drain_s
-        self.draining_until_s[previous.triton_model] = unload_at_s
-        return previous, unload_at_s
+        self.draining.discard(target.triton_model)
+        self.draining.add(previous.triton_model)
+        return previous, now_s + self.drain_s
 
     def unloaded(self, size: EngineSize) -> None:
-        self.draining_until_s.pop(size.triton_model, None)
+        self.draining.discard(size.triton_model)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
 
@@ -74,7 +74,7 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
         decision_window_s=settings.governor_window_ms / 1000,
         refresh_every_s=settings.state_entry_ttl_s / 3,
         instance=settings.instance,
-        board_changed=governor.poke if governor is not None else GatewayParts.board_changed,
+        board_changed=governor.poke if governor is not None else _no_governor,
         scaling=scaling,
     )
     tasks = []
@@ -98,6 +98,10 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
             await scaling.channel.aclose()
 
 
+def _no_governor() -> None:
+    """Nothing to poke: no governor runs in this process."""
+
+
 def scaling_follower(settings: Settings) -> ScalingFollower | None:
     """With instance scaling: the channel in Redis when workers share one, else in memory
     (then this process also runs the scaler)."""
@@ -110,8 +114,11 @@ def scaling_follower(settings: Settings) -> ScalingFollower | None:
 
 
 def instance_scaler(
-    settings: Settings, channel: ScalingChannel, **options: object
+    settings: Settings,
+    channel: ScalingChannel,
+    may_act: Callable[[], Awaitable[bool]] | None = None,
 ) -> InstanceScaler:
+    """`may_act`: the leader's fencing check, asked before every move."""
     token = settings.triton_repository_token
     repository = TritonRepository(
         settings.backend_url, access_header=("triton-access-token", token) if token else None
@@ -123,7 +130,7 @@ def instance_scaler(
         repository,
         interval_s=settings.scale_interval_s,
         drain_s=settings.scale_drain_s,
-        **options,  # type: ignore[arg-type]
+        may_act=may_act,
     )
 
 
