@@ -1,13 +1,16 @@
 """The board: every request the engine holds or will hold, as arrays.
 
-Running requests are in the batch now; queued ones wait for a slot, in order. Times are
-absolute seconds on whatever clock the caller uses (wall or virtual); `now_s` is when
-the next iteration starts. SLOs are per request: time to first token (TTFT), time
-between tokens (TBT), and an end-to-end deadline.
+Running requests are in the batch now, in the order the engine scheduled them; queued
+ones wait for a slot, in order. Times are absolute seconds on whatever clock the caller
+uses (wall or virtual); `now_s` is when the next iteration starts. SLOs are per request:
+time to first token (TTFT), time between tokens (TBT), and an end-to-end deadline. Each
+request also carries the `max_tokens` the engine was sent, which sets what TensorRT-LLM's
+`guaranteed_no_evict` scheduler reserves for it.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,9 +27,17 @@ def _ints(values: npt.ArrayLike = ()) -> IntArray:
     return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
+class SchedulerPolicy(enum.StrEnum):
+    """TensorRT-LLM's batch schedulers (its `batch_scheduler_policy`)."""
+
+    GUARANTEED_NO_EVICT = "guaranteed_no_evict"  # start only what its reservation fits
+    MAX_UTILIZATION = "max_utilization"  # start what fits now; pause the newest on overflow
+
+
 @dataclass(frozen=True)
 class Requests:
-    """Columns over requests; running and queued boards use the same shape."""
+    """Columns over requests; running and queued boards use the same shape. Without
+    `max_tokens`, a request asks for no more than it is believed to produce."""
 
     arrival_s: FloatArray = field(default_factory=_floats)
     prompt_tokens: IntArray = field(default_factory=_ints)
@@ -35,6 +46,12 @@ class Requests:
     ttft_slo_s: FloatArray = field(default_factory=_floats)
     tbt_slo_s: FloatArray = field(default_factory=_floats)
     e2e_deadline_s: FloatArray = field(default_factory=_floats)  # absolute
+    max_tokens: IntArray = field(default_factory=_ints)  # the engine's limit, >= generated
+
+    def __post_init__(self) -> None:
+        if len(self.max_tokens) == 0 and len(self.arrival_s):
+            believed = self.generated_tokens + self.remaining_tokens
+            object.__setattr__(self, "max_tokens", believed.astype(np.int64))
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -50,6 +67,7 @@ class Requests:
         ttft_slo_s: npt.ArrayLike = (),
         tbt_slo_s: npt.ArrayLike = (),
         e2e_deadline_s: npt.ArrayLike = (),
+        max_tokens: npt.ArrayLike = (),
     ) -> Requests:
         """Requests from any array-likes (lists, scalars), as float64 and int64 columns."""
         return cls(
@@ -60,6 +78,7 @@ class Requests:
             ttft_slo_s=_floats(ttft_slo_s),
             tbt_slo_s=_floats(tbt_slo_s),
             e2e_deadline_s=_floats(e2e_deadline_s),
+            max_tokens=_ints(max_tokens),
         )
 
     def append(self, other: Requests) -> Requests:
@@ -74,6 +93,10 @@ class Requests:
     def context_tokens(self) -> IntArray:
         return self.prompt_tokens + self.generated_tokens
 
+    def reserved_blocks(self, tokens_per_block: int) -> IntArray:
+        """What `guaranteed_no_evict` reserves for each: its prompt plus `max_tokens`."""
+        return -(-(self.prompt_tokens + self.max_tokens) // tokens_per_block)
+
 
 @dataclass(frozen=True)
 class Board:
@@ -83,6 +106,7 @@ class Board:
     max_batch: int
     kv_capacity_blocks: int
     tokens_per_block: int = 64
+    scheduler_policy: SchedulerPolicy = SchedulerPolicy.GUARANTEED_NO_EVICT
 
     def with_queued(self, request: Requests) -> Board:
         """The board with `request` queued behind everyone else."""

@@ -85,20 +85,37 @@ def saturate(
     )
 
 
-def prefill_s_per_token(
-    profile: EngineProfile, prompt_tokens: int = 1024, samples: int = 8
-) -> float:
-    """Seconds a prompt token adds to its iteration at the highest clock, measured as a
-    profiler would on a server: the first iteration of a lone request (its prefill and
-    first token) against its second (one token), averaged over a few seeds."""
-    extra_s = []
-    for seed in range(samples):
-        engine = Engine(profile, seed=seed)
-        engine.submit(EngineRequest("probe", prompt_tokens, 2, 2))
-        first = engine.step(0.0)
-        second = engine.step(first.ended_s)
-        extra_s.append(first.duration_s - second.duration_s)
-    return float(np.mean(extra_s)) / prompt_tokens
+@dataclass(frozen=True)
+class PrefillCost:
+    """What a prompt adds to its iteration at the highest clock: per token (the GEMMs)
+    and per square token (causal attention)."""
+
+    s_per_token: float
+    s_per_square_token: float
+
+
+PREFILL_PROBE_TOKENS = (256, 512, 1024, 2048)
+
+
+def prefill_cost(profile: EngineProfile, samples: int = 4) -> PrefillCost:
+    """Measured as a profiler would on a server: the first iteration of a lone request
+    (its prefill and first token) against its second (one token), over a few prompt
+    lengths and seeds, fitted by least squares to `c + a P + b P^2`. The constant is
+    the decode iteration's own SM slack, which the planner's decode table already holds."""
+    window = profile.model.context_window_tokens
+    lengths, extra_s = [], []
+    for prompt_tokens in (p for p in PREFILL_PROBE_TOKENS if p + 2 <= window):
+        for seed in range(samples):
+            engine = Engine(profile, seed=seed)
+            engine.submit(EngineRequest("probe", prompt_tokens, 2, 2))
+            first = engine.step(0.0)
+            second = engine.step(first.ended_s)
+            lengths.append(prompt_tokens)
+            extra_s.append(first.duration_s - second.duration_s)
+    tokens = np.array(lengths, dtype=np.float64)
+    design = np.stack([np.ones_like(tokens), tokens, tokens**2], axis=1)
+    (_, per_token_s, per_square_s), *_ = np.linalg.lstsq(design, np.array(extra_s), rcond=None)
+    return PrefillCost(max(0.0, float(per_token_s)), max(0.0, float(per_square_s)))
 
 
 def saturated_capacity_rps(

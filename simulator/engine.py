@@ -60,6 +60,7 @@ class StepResult:
     batch_size: int = 0
     prefill_requests: int = 0
     prefill_tokens: int = 0
+    kv_blocks: int = 0  # in use during the iteration, its finishers' included
     emitted: tuple[str, ...] = ()
     finished: tuple[str, ...] = ()
     paused: tuple[str, ...] = ()
@@ -198,6 +199,7 @@ class Engine:
         for gpu in self.gpus:
             gpu.busy_until(now_s + duration_s, cost.sm_share)
         emitted = tuple(self._running)
+        kv_blocks = self.kv_used_blocks
         self._context_tokens += len(emitted)
         self.iterations += 1
         finished = self._finish(iteration)
@@ -208,6 +210,7 @@ class Engine:
             batch_size=len(emitted),
             prefill_requests=scheduled,
             prefill_tokens=prefill_tokens,
+            kv_blocks=kv_blocks,
             emitted=emitted,
             finished=finished,
             paused=paused,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from predictor.board import Board, Requests
+from predictor.board import Board, Requests, SchedulerPolicy
 from slo_planner.feasibility import DEFAULT_HORIZON, TOLERANCE_S, IterationTimes, admit
 
 
@@ -25,6 +25,7 @@ class EngineShape:
     max_batch: int
     kv_capacity_blocks: int
     tokens_per_block: int
+    scheduler_policy: SchedulerPolicy = SchedulerPolicy.GUARANTEED_NO_EVICT
 
 
 class AdmissionPlanner:

@@ -61,7 +61,8 @@ def lowest_clock_for_iteration(
 ) -> int:
     """The model's lowest clock whose iteration time for this batch and KV cache is within
     `budget_s` (its highest if none is): a bisection, the time falling as the clock rises."""
-    prepared = model.prepare(np.array([batch]), np.array([kv_blocks]), np.zeros(1, dtype=np.int64))
+    none = np.zeros(1, dtype=np.int64)
+    prepared = model.prepare(np.array([batch]), np.array([kv_blocks]), none, none)
     low, high = 0, len(model.clocks_mhz) - 1
     while low < high:
         middle = (low + high) // 2

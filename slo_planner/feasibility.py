@@ -53,9 +53,15 @@ class IterationTimes(Protocol):
     clocks_mhz: IntArray  # ascending
 
     def prepare(
-        self, batch: IntArray, kv_blocks: IntArray, prefill_tokens: IntArray
+        self,
+        batch: IntArray,
+        kv_blocks: IntArray,
+        prefill_tokens: IntArray,
+        prefill_square_tokens: IntArray,
     ) -> PreparedTimes:
-        """Bind a projection; what does not depend on the clock is done once, here."""
+        """Bind a projection (per iteration: requests, KV blocks, prefilled tokens and the
+        sum of each prefilled context's square, for attention); what does not depend on
+        the clock is done once, here."""
         ...
 
 
@@ -147,7 +153,8 @@ class _Timeline:
     def _runs_for(self, model: IterationTimes) -> _Runs:
         if self._runs is None or self._runs[0] is not model:
             p = self.projection
-            prepared = model.prepare(p.batch, p.kv_blocks, p.prefill_tokens)
+            prepared = model.prepare(p.batch, p.kv_blocks, p.prefill_tokens,
+                                     p.prefill_square_tokens)  # fmt: skip
             runs = _Runs(prepared, p.horizon, self._start_inside, self._end_inside)
             self._runs = (model, runs)
         return self._runs[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from predictor.board import SchedulerPolicy
 from slo_planner.admission import EngineShape
 
 
@@ -17,6 +18,14 @@ class PlannerSettings(BaseModel):
     )
     engine_tokens_per_block: int = Field(
         64, ge=1, description="Tokens per KV-cache block (TensorRT-LLM tokens_per_block)."
+    )
+    engine_scheduler_policy: SchedulerPolicy = Field(
+        SchedulerPolicy.GUARANTEED_NO_EVICT,
+        description="The engine's batch scheduler (TensorRT-LLM batch_scheduler_policy), "
+        "which the planner's projection reproduces: guaranteed_no_evict starts a request "
+        "only when its prompt plus max_tokens fits the cache beside the others' "
+        "reservations; max_utilization starts what fits now and pauses the newest when "
+        "the cache runs out.",
     )
     governor_margin: float = Field(
         0.2,
@@ -32,6 +41,13 @@ class PlannerSettings(BaseModel):
         description="Microseconds a prompt token adds to its iteration at the highest clock "
         "(the decode profile leaves prefill out); `throttllem run` measures the twin's.",
     )
+    prefill_ns_per_square_token: float = Field(
+        0.0,
+        ge=0,
+        description="Nanoseconds a prompt's attention adds to its iteration at the highest "
+        "clock per square of its length (each token attends to those before it); "
+        "`throttllem run` measures the twin's.",
+    )
 
     @property
     def engine_shape(self) -> EngineShape:
@@ -39,4 +55,5 @@ class PlannerSettings(BaseModel):
             max_batch=self.engine_max_batch,
             kv_capacity_blocks=self.engine_kv_capacity_blocks,
             tokens_per_block=self.engine_tokens_per_block,
+            scheduler_policy=self.engine_scheduler_policy,
         )

@@ -26,6 +26,7 @@ def board_of(entries: Sequence[RequestEntry], now_s: float, engine: EngineShape)
         max_batch=engine.max_batch,
         kv_capacity_blocks=engine.kv_capacity_blocks,
         tokens_per_block=engine.tokens_per_block,
+        scheduler_policy=engine.scheduler_policy,
     )
 
 
@@ -38,6 +39,7 @@ def requests_of(entries: Sequence[RequestEntry]) -> Requests:
         ttft_slo_s=[e.ttft_slo_s for e in entries],
         tbt_slo_s=[e.tbt_slo_s for e in entries],
         e2e_deadline_s=[e.e2e_deadline_s for e in entries],
+        max_tokens=[e.max_tokens for e in entries],
     )
 
 

@@ -44,7 +44,7 @@ IDLE = EngineLoad(batch=0, max_batch=16, kv_used_blocks=0, kv_capacity_blocks=40
 @pytest.fixture(scope="module")
 def model() -> TableIterationTimes:
     table = PerformanceTable.from_model(PerformanceModel(performance_model_path(PROFILE)), 128)
-    return TableIterationTimes(table)
+    return TableIterationTimes(table, prefill_s_per_token=1.7e-4, prefill_s_per_square_token=2.7e-9)
 
 
 @dataclass(frozen=True)

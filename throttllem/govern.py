@@ -26,7 +26,7 @@ from governor.policy import PlannerPolicy, store_reader
 from governor.settings import GpuBackendKind
 from governor.watchdog import CONFIG_ERROR_EXIT_CODE, Heartbeat, supervise
 from predictor.loading import load_predictions
-from slo_planner.iteration_times import TableIterationTimes
+from slo_planner.iteration_times import planned_iteration_times
 from slo_scoreboard.redis_store import RedisStateStore
 from slo_scoreboard.scaling_redis import RedisScalingChannel
 from throttllem.settings import Settings
@@ -108,8 +108,7 @@ def planner_policy(settings: Settings) -> FrequencyPolicy:
     table = predictions.performance
     if table is None:
         log.warning("governor: no performance model: holding the highest clock")
-    prefill_s = settings.prefill_us_per_token / 1e6
-    model = TableIterationTimes(table, prefill_s_per_token=prefill_s) if table is not None else None
+    model = planned_iteration_times(table, settings) if table is not None else None
     assert settings.redis_url is not None  # checked by load_settings
     store = RedisStateStore.connect(
         settings.redis_url, settings.instance, settings.state_entry_ttl_s

@@ -99,10 +99,11 @@ def run_stack(
     """The served model is named after the twin profile's, and the shipped predictors for
     it are loaded, unless THROTTLLEM_* variables say otherwise."""
     from predictor.shipped import length_model_path, performance_model_path
-    from simulator.capacity import prefill_s_per_token
+    from simulator.capacity import prefill_cost
     from simulator.profile import load_profile
 
     profile = load_profile(twin_profile)
+    prefill = prefill_cost(profile)
     settings = Settings()
     defaults = {
         "served_model_name": twin_profile.split("/")[1],
@@ -112,7 +113,9 @@ def run_stack(
         "engine_max_batch": profile.max_batch_size,
         "engine_kv_capacity_blocks": profile.kv_capacity_blocks,
         "engine_tokens_per_block": profile.tokens_per_block,
-        "prefill_us_per_token": prefill_s_per_token(profile) * 1e6,
+        "engine_scheduler_policy": profile.scheduler_policy,
+        "prefill_us_per_token": prefill.s_per_token * 1e6,
+        "prefill_ns_per_square_token": prefill.s_per_square_token * 1e9,
     }
     update: dict[str, object] = {
         "backend_url": f"http://127.0.0.1:{twin_ports.http}",

@@ -30,7 +30,7 @@ from governor.triton_repository import TritonRepository
 from predictor.loading import Predictions, load_predictions
 from predictor.tokenizer import PromptTokenizer
 from slo_planner.admission import AdmissionPlanner
-from slo_planner.iteration_times import TableIterationTimes
+from slo_planner.iteration_times import planned_iteration_times
 from slo_planner.scaling import ScalingPolicy
 from slo_scoreboard.failover import FailoverStateStore
 from slo_scoreboard.redis_store import RedisStateStore
@@ -175,7 +175,5 @@ def admission_planner(settings: Settings, predictions: Predictions) -> Admission
     """Admission needs both predictors; without either, everything is admitted at once."""
     if predictions.length is None or predictions.performance is None:
         return None
-    model = TableIterationTimes(
-        predictions.performance, prefill_s_per_token=settings.prefill_us_per_token / 1e6
-    )
+    model = planned_iteration_times(predictions.performance, settings)
     return AdmissionPlanner(model, settings.engine_shape)

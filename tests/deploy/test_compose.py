@@ -165,6 +165,8 @@ def test_the_gateway_and_the_governor_share_one_scoreboard_and_engine(path, monk
         "engine_kv_capacity_blocks",
         "engine_tokens_per_block",
         "prefill_us_per_token",
+        "prefill_ns_per_square_token",
+        "engine_scheduler_policy",
     ]
     seen = []
     for name in ("gateway", "governor"):
@@ -194,7 +196,7 @@ def test_the_demo_governor_drives_the_twins_gpu_control_api(monkeypatch):
 
 def test_the_demo_gateway_and_governor_describe_the_engine_the_twin_simulates(monkeypatch):
     from predictor.shipped import length_model_path, performance_model_path
-    from simulator.capacity import prefill_s_per_token
+    from simulator.capacity import prefill_cost
     from simulator.profile import load_profile
 
     twin = cli_args(services(DEMO_COMPOSE)["twin"])
@@ -207,9 +209,12 @@ def test_the_demo_gateway_and_governor_describe_the_engine_the_twin_simulates(mo
         assert settings.engine_kv_capacity_blocks == profile.kv_capacity_blocks
         assert settings.engine_tokens_per_block == profile.tokens_per_block
         assert settings.context_window_tokens == profile.model.context_window_tokens
+        prefill = prefill_cost(profile)
+        assert math.isclose(settings.prefill_us_per_token, prefill.s_per_token * 1e6, abs_tol=1.0)
         assert math.isclose(
-            settings.prefill_us_per_token, prefill_s_per_token(profile) * 1e6, abs_tol=1.0
+            settings.prefill_ns_per_square_token, prefill.s_per_square_token * 1e9, abs_tol=0.1
         )
+        assert settings.engine_scheduler_policy == profile.scheduler_policy
         shipped_length = length_model_path(profile.model.recorded_responses)
         shipped_performance = performance_model_path(twin.twin_profile)
         assert settings.length_model_path is not None

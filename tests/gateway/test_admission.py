@@ -24,7 +24,9 @@ class SlowerWithBatch:
 
     clocks_mhz = np.array([1000, 1400])
 
-    def prepare(self, batch, kv_blocks, prefill_tokens) -> PreparedTimes:
+    def prepare(
+        self, batch, kv_blocks, prefill_tokens, prefill_square_tokens=None
+    ) -> PreparedTimes:
         def run_seconds(clock_index: int) -> np.ndarray:
             return np.where(batch > 0, 0.015 + 0.01 * batch, 0.0)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from predictor.board import Board, Requests
+from predictor.board import Board, Requests, SchedulerPolicy
 from predictor.projection import project
 from slo_planner.feasibility import (
     PreparedTimes,
@@ -29,7 +29,7 @@ class AnalyticTimes:
 
     clocks_mhz = CLOCKS_MHZ
 
-    def prepare(self, batch, kv_blocks, prefill_tokens):
+    def prepare(self, batch, kv_blocks, prefill_tokens, prefill_square_tokens=None):
         def run_seconds(clock_index):  # every iteration its own run
             stretch = CLOCKS_MHZ[-1] / CLOCKS_MHZ[clock_index]
             per_sequence = (0.004 + 0.0002 * batch + 0.0001 * prefill_tokens) * stretch
@@ -57,6 +57,8 @@ def requests(draw, count: int, running: bool, now_s: float = 10.0) -> Requests:
             # a deadline of 30 to 300 ms per remaining token, plus up to 10 s
             "e2e_deadline_s": now_s + remaining * draw(st.floats(0.03, 0.3)) + draw(st.floats(0, 10)),
         })  # fmt: skip
+        rows[-1]["max_tokens"] = (rows[-1]["generated_tokens"] + remaining
+                                  + draw(st.sampled_from([0, 0, 50, 1000])))  # fmt: skip
     return Requests.of(**{key: [row[key] for row in rows] for key in Requests.__dataclass_fields__})
 
 
@@ -71,6 +73,7 @@ def boards(draw) -> Board:
         max_batch=draw(st.integers(max(1, running), running + 8)),
         kv_capacity_blocks=draw(st.integers(200, 5000)),
         tokens_per_block=draw(st.sampled_from([16, 64])),
+        scheduler_policy=draw(st.sampled_from(list(SchedulerPolicy))),
     )
 
 
@@ -84,9 +87,11 @@ def test_the_projection_matches_the_per_iteration_reference_exactly(board: Board
     assert np.array_equal(fast.batch, reference.batch)
     assert np.array_equal(fast.kv_blocks, reference.kv_blocks)
     assert np.array_equal(fast.prefill_tokens, reference.prefill_tokens)
+    assert np.array_equal(fast.prefill_square_tokens, reference.prefill_square_tokens)
     started = reference.start >= 0
     assert np.array_equal(fast.start[started], reference.start[started])
-    assert np.array_equal(fast.end[started], reference.end[started])
+    ended = reference.end >= 0
+    assert np.array_equal(fast.end[ended], reference.end[ended])
 
 
 @FAST

@@ -7,7 +7,7 @@ import pytest
 
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import performance_model_path
-from simulator.capacity import prefill_s_per_token, saturate
+from simulator.capacity import prefill_cost, saturate
 from simulator.profile import load_profile
 from simulator.traces import read_azure_trace
 from slo_planner.iteration_times import TableIterationTimes
@@ -33,7 +33,9 @@ def setting() -> tuple[Workload, Slo, TableIterationTimes]:
     table = PerformanceTable.from_model(
         PerformanceModel(Path(performance_model_path(PROFILE))), 128
     )
-    model = TableIterationTimes(table, prefill_s_per_token=prefill_s_per_token(profile))
+    prefill = prefill_cost(profile)
+    model = TableIterationTimes(table, prefill_s_per_token=prefill.s_per_token,
+                                prefill_s_per_square_token=prefill.s_per_square_token)  # fmt: skip
     return workload, Slo(2.0, 0.2, saturation.e2e_p99_s), model
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.board import Board, Requests
+from predictor.board import Board, Requests, SchedulerPolicy
 from predictor.projection import Projection
 from slo_planner.feasibility import CheckResult, IterationTimes, renegotiated
 
@@ -23,7 +23,8 @@ def check_reference(
     for t in range(horizon):
         batch = np.array([projection.batch[t]])
         kv, prefill = np.array([projection.kv_blocks[t]]), np.array([projection.prefill_tokens[t]])
-        seconds = float(model.prepare(batch, kv, prefill).run_seconds(clock_index)[0])
+        square = np.array([projection.prefill_square_tokens[t]])
+        seconds = float(model.prepare(batch, kv, prefill, square).run_seconds(clock_index)[0])
         now_s += seconds
         done_s.append((seconds, now_s))
     overflow = max(0, max(int(kv) - board.kv_capacity_blocks for kv in projection.kv_blocks))
@@ -93,37 +94,56 @@ def admit_reference(board: Board, request: Requests, model: IterationTimes, hori
 
 
 def project_reference(board: Board, horizon: int) -> Projection:
-    """The same projection, one iteration at a time: the specification the fast one meets."""
-    running = [
-        {"context": int(c), "left": int(r), "start": 0}
-        for c, r in zip(board.running.context_tokens, board.running.remaining_tokens, strict=True)
-    ]
-    waiting = [
-        {"context": int(p), "left": int(r), "index": len(running) + i}
-        for i, (p, r) in enumerate(
-            zip(board.queued.prompt_tokens, board.queued.remaining_tokens, strict=True)
-        )
-    ]
-    count = len(running) + len(waiting)
-    start = np.zeros(count, dtype=np.int64)
-    end = np.array([r["left"] for r in running] + [0] * len(waiting), dtype=np.int64)
-    batch, kv, prefill = [], [], []
-    active = list(running)
+    """The same projection, one iteration and one request at a time: the specification the
+    fast one meets (a request that never starts within the horizon has start -1)."""
+    block, capacity = board.tokens_per_block, board.kv_capacity_blocks
+    reserving = board.scheduler_policy == SchedulerPolicy.GUARANTEED_NO_EVICT
+    requests = board.running.append(board.queued)
+    contexts, lefts = requests.context_tokens.tolist(), requests.remaining_tokens.tolist()
+    reserves = requests.reserved_blocks(block).tolist()
+    count = len(requests)
+    start = np.full(count, -1, dtype=np.int64)
+    start[: len(board.running)] = 0
+    end = np.zeros(count, dtype=np.int64)
+    active = list(range(len(board.running)))  # in the order they were scheduled
+    waiting = list(range(len(board.running), count))
+    batch, kv, prefill, square = [], [], [], []
+
+    def blocks_now(row: int) -> int:  # with the token this iteration adds
+        return -(-(contexts[row] + 1) // block)
+
     for t in range(horizon):
-        active = [r for r in active if r["left"] > 0]
-        filled = 0
+        used = sum(blocks_now(row) for row in active)
+        while not reserving and used > capacity and len(active) > 1:
+            newest = active.pop()
+            used -= blocks_now(newest)
+            waiting.insert(0, newest)
+        filled = filled_square = 0
         while waiting and len(active) < board.max_batch:
-            request = waiting.pop(0)
-            start[request["index"]] = t
-            end[request["index"]] = t + request["left"]
-            filled += request["context"]
-            active.append(request)
-        for request in active:
-            request["context"] += 1
-            request["left"] -= 1
+            head = waiting[0]
+            if reserving:
+                if sum(reserves[row] for row in active) + reserves[head] > capacity:
+                    break
+            elif used + blocks_now(head) > capacity:
+                break
+            waiting.pop(0)
+            active.append(head)
+            used += blocks_now(head)
+            filled, filled_square = filled + contexts[head], filled_square + contexts[head] ** 2
+            if start[head] < 0:
+                start[head] = t
         batch.append(len(active))
-        kv.append(sum(-(-r["context"] // board.tokens_per_block) for r in active))
+        kv.append(used)
         prefill.append(filled)
-    for request in waiting:  # never started within the horizon: the fast one still places them
-        start[request["index"]] = -1
-    return Projection(np.array(batch), np.array(kv), np.array(prefill), start, end)
+        square.append(filled_square)
+        for row in active:
+            contexts[row] += 1
+            lefts[row] -= 1
+            if lefts[row] == 0:
+                end[row] = t + 1
+        active = [row for row in active if lefts[row] > 0]
+    for row in active + waiting:  # past the horizon
+        end[row] = -1
+    return Projection(np.array(batch, dtype=np.int64), np.array(kv, dtype=np.int64),
+                      np.array(prefill, dtype=np.int64), np.array(square, dtype=np.int64),
+                      start, end)  # fmt: skip

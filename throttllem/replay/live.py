@@ -31,11 +31,8 @@ the end of the stream. Energy and the clock come from the gateway's `/metrics`
 (`throttllem_gpu_energy_joules`, `throttllem_gpu_clock_mhz`), which report the GPUs its
 governor drives; without a governor there, they stay empty.
 
-One difference remains: the gateway sees `max_tokens` equal to the true length, and caps
-its predicted lengths there, a bound the virtual replay's gateway never gets (it sees the
-rest of the context window). On the slice above, the virtual `throttllem` replayed on the
-predictions the gateway makes from these texts under that cap kept 0.5 pp more of its
-promises and used 1.2 % less energy than on its own.
+The gateway sees `max_tokens` equal to the true length, and caps its predicted lengths
+there, as the virtual replay's gateway does; the engine reserves the prompt plus that.
 `throttllem bench live-agreement` measures how far the two runs agree.
 """
 

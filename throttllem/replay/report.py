@@ -25,7 +25,7 @@ from predictor.length import LengthPredictor
 from predictor.performance import PerformanceModel, PerformanceTable
 from predictor.shipped import length_model_path, performance_model_path
 from predictor.tokenizer import PromptTokenizer
-from simulator.capacity import Saturation, length_mix, prefill_s_per_token, saturate
+from simulator.capacity import Saturation, length_mix, prefill_cost, saturate
 from simulator.physics import PowerModel
 from simulator.profile import EngineProfile, load_profile
 from simulator.traces import Trace
@@ -360,7 +360,9 @@ def _planner_model(profile_name: str, profile: EngineProfile) -> TableIterationT
     table = PerformanceTable.from_model(
         PerformanceModel(performance_model_path(profile_name)), KV_BUCKETS
     )
-    return TableIterationTimes(table, prefill_s_per_token=prefill_s_per_token(profile))
+    prefill = prefill_cost(profile)
+    return TableIterationTimes(table, prefill_s_per_token=prefill.s_per_token,
+                               prefill_s_per_square_token=prefill.s_per_square_token)  # fmt: skip
 
 
 def policy_report(run: Run, workload: Workload, slo: Slo) -> dict[str, Any]:

@@ -21,7 +21,10 @@ happen; only the I/O differs:
   GPUs are handed back once the drain period has passed and its requests are done.
 
 The planner sees each request's tokens still to come by the gateway's rule
-(`slo_planner.remaining`), and the window, dwell and margin are the settings' defaults.
+(`slo_planner.remaining`), capped by its `max_tokens`, which the replay's client sets to
+the answer's true length (a benchmark client with `ignore_eos` does so, and the live
+replay sends the same): the engine's reservation is then what the board says. The
+window, dwell and margin are the settings' defaults.
 Energy is the twin's integral of power over every GPU while it holds an engine, idle
 included.
 """
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from governor.settings import GovernorSettings
-from predictor.board import Board, Requests
+from predictor.board import Board, Requests, SchedulerPolicy
 from simulator.engine import Engine, EngineRequest, StepResult
 from simulator.profile import EngineProfile
 from slo_planner.admission import AdmissionPlanner, EngineShape
@@ -100,13 +103,15 @@ class _Requests:
     """Every request's progress, shared by the engines that serve them."""
 
     def __init__(self, workload: Workload, believed: np.ndarray, slo: Slo,
-                 quantiles: np.ndarray | None, window_tokens: int) -> None:  # fmt: skip
+                 quantiles: np.ndarray | None) -> None:  # fmt: skip
         n = len(workload)
         self.arrival_s, self.prompts = workload.arrival_s, workload.prompt_tokens
         self.outputs = workload.output_tokens
         self.believed, self.slo, self.quantiles = believed, slo, quantiles
-        # The bound the gateway sees: the rest of the context window (the client set none).
-        self.declared_max = window_tokens - self.prompts
+        # The bound the gateway sees and sends: the replay's client asks for the answer's
+        # own length (as a benchmark client with `ignore_eos` does), and the engine
+        # reserves the prompt plus that under guaranteed_no_evict.
+        self.max_tokens = self.outputs.astype(np.int64)
         self.generated = np.zeros(n, dtype=np.int64)
         self.first_s = np.full(n, math.nan)
         self.last_s = np.full(n, math.nan)
@@ -126,7 +131,7 @@ class _Requests:
         """The gateway's rule, on the quantiles of the length prediction (or, for the
         oracle, the true lengths as the point prediction)."""
         quantiles = None if self.quantiles is None else self.quantiles[indices]
-        return remaining_tokens(self.declared_max[indices], self.generated[indices],
+        return remaining_tokens(self.max_tokens[indices], self.generated[indices],
                                 self.believed[indices], quantiles)  # fmt: skip
 
     def _rows(self, indices: np.ndarray, remaining: np.ndarray) -> Requests:
@@ -139,6 +144,7 @@ class _Requests:
             ttft_slo_s=np.full(count, slo.ttft_s),
             tbt_slo_s=np.full(count, slo.tbt_s),
             e2e_deadline_s=self.arrival_s[indices] + slo.e2e_s,  # inf: none of its own
+            max_tokens=self.max_tokens[indices],
         )
 
 
@@ -162,7 +168,8 @@ class _Instance:
         self.admission_planner = None
         if policy.gated and model is not None:
             shape = EngineShape(profile.max_batch_size, self.engine.kv_capacity_blocks,
-                                profile.tokens_per_block)  # fmt: skip
+                                profile.tokens_per_block,
+                                SchedulerPolicy(self.engine.policy))  # fmt: skip
             self.admission_planner = AdmissionPlanner(model, shape)
 
     def board(self, requests: _Requests, now_s: float) -> Board:
@@ -172,12 +179,13 @@ class _Instance:
         queued = queued[np.argsort(requests.arrival_s[queued], kind="stable")]
         return Board(now_s, *requests.split_rows(indices[running], queued),
                      self.profile.max_batch_size, self.engine.kv_capacity_blocks,
-                     self.profile.tokens_per_block)  # fmt: skip
+                     self.profile.tokens_per_block,
+                     SchedulerPolicy(self.engine.policy))  # fmt: skip
 
     def submit(self, index: int, requests: _Requests, now_s: float) -> None:
-        output = int(requests.outputs[index])
-        self.engine.submit(EngineRequest(str(index), int(requests.prompts[index]), output,
-                                         output))  # fmt: skip
+        self.engine.submit(EngineRequest(str(index), int(requests.prompts[index]),
+                                         int(requests.max_tokens[index]),
+                                         int(requests.outputs[index])))  # fmt: skip
         self.active[index] = None
         requests.admitted_s[index] = now_s
         self.board_changed()
@@ -298,7 +306,7 @@ def simulate(
     n = len(workload)
     believed = workload.output_tokens if policy.true_lengths else workload.predicted_tokens
     quantiles = None if policy.true_lengths else workload.length_quantiles
-    requests = _Requests(workload, believed, slo, quantiles, profile.model.context_window_tokens)
+    requests = _Requests(workload, believed, slo, quantiles)
     arrival = workload.arrival_s
     scaler = None
     label = profile.name
