@@ -1,5 +1,9 @@
 """Rebuild every shipped model and its card: `python -m throttllem.build_models [--only NAME]`.
 
+`--only NAME` builds the models whose file name or twin profile contains NAME:
+`--only performance` every performance model, `--only length` every length model,
+`--only a100-40gb/llama-2-13b/tp2` one.
+
 Performance models: the twin profile swept in virtual time, then LightGBM. Length models:
 the AlpacaEval recorded answers of the model (read from ../shared/data by path). Each card
 holds the exact commands, so anyone can reproduce its metrics.
@@ -34,8 +38,12 @@ def run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
+def performance_name(profile: str) -> str:
+    return f"performance-{profile.replace('/', '-')}"
+
+
 def build_performance(profile: str, scratch: Path) -> None:
-    name = f"performance-{profile.replace('/', '-')}"
+    name = performance_name(profile)
     data = scratch / f"{name}.csv"
     report = scratch / f"{name}.report.json"
     commands = [
@@ -47,7 +55,8 @@ def build_performance(profile: str, scratch: Path) -> None:
     for command in commands:
         run([sys.executable, "-m", *command])
     _card(name, "performance", f"twin profile {profile}, swept in virtual time ({PROFILE_PASSES} passes, "
-          "each batch size at a random clock per pass, rows of 8 iterations)", commands, report)  # fmt: skip
+          "each batch size at a random clock and KV fill per pass, its fills stratified from an empty "
+          "to a full cache; rows of 8 iterations)", commands, report)  # fmt: skip
 
 
 def build_length(model: str, context_window: int, scratch: Path) -> None:
@@ -80,16 +89,19 @@ def _card(name: str, kind: str, data: str, commands: list[list[str]], report: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--only", default=None, help="build only the models whose name contains this"
+        "--only",
+        default=None,
+        help="build only the models whose file name or twin profile contains this: "
+        "'performance', 'length', a profile, a model",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         for profile in available_profiles():  # one performance model per twin profile
-            if args.only is None or args.only in profile:
+            if args.only is None or args.only in profile or args.only in performance_name(profile):
                 build_performance(profile, scratch)
         for model, window in LENGTH_MODELS.items():
-            if args.only is None or args.only in model:
+            if args.only is None or args.only in f"length-{model}":
                 build_length(model, window, scratch)
 
 

@@ -4,12 +4,17 @@ For every batch size from 1 to the engine's maximum, one step: the clock is lock
 value drawn at random from the supported ones (through the governor's GPU backend), that
 many requests that ignore EOS run together, and while they do, the iteration counter and
 the KV blocks in use are read from the server's metrics every window. Each window is one
-row: `tp, batch, kv_blocks, freq_mhz, ips`. The requests' prompts have random lengths, and
-their contexts grow as they generate, so each batch size is seen at many KV levels.
+row: `tp, batch, kv_blocks, freq_mhz, ips`. Each step fills the KV cache to a random share
+of what its batch can hold (the whole cache, or a full context window per request where
+that is less): the batch's blocks at full length are that share, split at random between
+its requests, whose prompts are drawn to match. Contexts grow as they generate, so each
+step sees a range of KV levels, and the rows span the cache from empty to full.
 
-`--passes N` repeats the sweep with fresh clocks, so each batch size is seen at N clocks.
-`--virtual PROFILE` runs the same sweep on the twin's engine in virtual time: the same
-rows in seconds instead of an hour, which is how the shipped models were profiled.
+`--passes N` repeats the sweep with fresh clocks and fills, so each batch size is seen at
+N clocks; its N fills are stratified (one in each N-th of the range, in a random order), so
+every batch size is also seen with its cache nearly full. `--virtual PROFILE` runs the same
+sweep on the twin's engine in virtual time: the same rows in seconds instead of an hour,
+which is how the shipped models were profiled.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ class ProfileRow:
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """Batch sizes, and per step the prompt range and tokens each request generates."""
+    """The sweep's steps (batch size and KV fill), and per step the prompt lengths and the
+    tokens each request generates. Shared by the live and the virtual profiler."""
 
     max_batch: int
     kv_capacity_blocks: int
@@ -61,24 +67,65 @@ class SweepPlan:
     output_tokens: int = 256
     batch_step: int = 1
     seed: int = 0
+    passes: int = 1
 
     def batch_sizes(self) -> list[int]:
         sizes = list(range(1, self.max_batch + 1, self.batch_step))
         return sizes if sizes[-1] == self.max_batch else [*sizes, self.max_batch]
 
-    def step_shape(self, rng: random.Random, batch: int) -> tuple[list[int], int]:
+    def steps(self, rng: random.Random) -> list[tuple[int, float]]:
+        """`(batch, fill)` for every step, pass after pass, each pass over every batch size.
+        A batch size's fills over the passes are stratified: one in each `1/passes` of
+        [0, 1], in a random order, so each batch size sees its cache from empty to full."""
+        sizes = self.batch_sizes()
+        fills: dict[int, list[float]] = {}
+        for batch in sizes:
+            strata = list(range(self.passes))
+            rng.shuffle(strata)
+            fills[batch] = [(stratum + rng.random()) / self.passes for stratum in strata]
+        return [(batch, fills[batch][n]) for n in range(self.passes) for batch in sizes]
+
+    def step_shape(self, rng: random.Random, batch: int, fill: float) -> tuple[list[int], int]:
         """Random prompt lengths, and tokens to generate, such that the whole batch at full
-        length fits in the cache (a large batch on a small cache generates fewer tokens)."""
-        per_request = min(
-            self.kv_capacity_blocks * self.tokens_per_block // batch, self.context_window_tokens
-        )
+        length holds `fill` of the KV blocks it can (0: one-token prompts; 1: the whole
+        cache, or a full context window each where that is less) and always fits in the
+        cache, block by block (a large batch on a small cache generates fewer tokens)."""
+        per_block = self.tokens_per_block
+        per_request = min(self.kv_capacity_blocks * per_block // batch, self.context_window_tokens)
         output_tokens = min(self.output_tokens, per_request // 2)
-        if output_tokens < 2:
+        least = -(-(output_tokens + 1) // per_block)  # blocks of a one-token prompt
+        most = min(self.context_window_tokens // per_block, self.kv_capacity_blocks)
+        if output_tokens < 2 or batch * least > self.kv_capacity_blocks or least > most:
             raise ValueError(
                 f"{batch} requests do not fit a KV cache of {self.kv_capacity_blocks} blocks"
             )
-        longest = per_request - output_tokens
-        return [rng.randint(1, longest) for _ in range(batch)], output_tokens
+        reach = min(self.kv_capacity_blocks, batch * most)
+        total = batch * least + round(min(max(fill, 0.0), 1.0) * (reach - batch * least))
+        prompts = []
+        for blocks in _split(rng, total, batch, least, most):  # each request's full length
+            longest = min(blocks * per_block, self.context_window_tokens) - output_tokens
+            shortest = max((blocks - 1) * per_block + 1 - output_tokens, 1)
+            prompts.append(rng.randint(shortest, longest))
+        return prompts, output_tokens
+
+
+def _split(rng: random.Random, total: int, parts: int, least: int, most: int) -> list[int]:
+    """`total` split at random into `parts` whole numbers, each in [least, most]."""
+    split = [least] * parts
+    left = total - parts * least
+    while left > 0:
+        room = [index for index in range(parts) if split[index] < most]
+        if left <= len(room):
+            for index in rng.sample(room, left):
+                split[index] += 1
+            break
+        weights = [rng.random() for _ in room]
+        scale = left / (sum(weights) or 1.0)
+        for index, weight in zip(room, weights, strict=True):
+            added = min(int(weight * scale), most - split[index], left)
+            split[index] += added
+            left -= added
+    return split
 
 
 def write_rows(path: Path, rows: Sequence[ProfileRow]) -> None:
@@ -122,18 +169,19 @@ def profile_virtual(profile_name: str, output_tokens: int = 256, window_iteratio
         output_tokens=output_tokens,
         batch_step=batch_step,
         seed=seed,
+        passes=passes,
     )
     rng = random.Random(seed)
     clocks = profile.gpu.supported_clocks_mhz()
     engine = Engine(profile, seed=seed)
     rows: list[ProfileRow] = []
     now_s = 0.0
-    for batch in plan.batch_sizes() * passes:
+    for batch, fill in plan.steps(rng):
         clock_mhz = rng.choice(clocks)
         for gpu in engine.gpus:
             gpu.lock_clock(clock_mhz, now_s)
         now_s += profile.gpu.clock_switch_latency_s
-        prompts, step_tokens = plan.step_shape(rng, batch)
+        prompts, step_tokens = plan.step_shape(rng, batch, fill)
         for index, prompt in enumerate(prompts):
             engine.submit(EngineRequest(f"{batch}-{index}", prompt, step_tokens, step_tokens))
         now_s = engine.step(now_s).ended_s  # the prefill iteration is not a decode sample
@@ -245,20 +293,22 @@ async def profile_live(
             output_tokens=output_tokens,
             batch_step=batch_step,
             seed=seed,
+            passes=passes,
         )
         try:
-            for batch in plan.batch_sizes() * passes:
+            for batch, fill in plan.steps(rng):
                 clock_mhz = rng.choice(clocks)
                 for gpu in gpus:
                     await gpu.lock_clock(clock_mhz)
                 await asyncio.sleep(switch_wait_s)
-                lengths, step_tokens = plan.step_shape(rng, batch)
+                lengths, step_tokens = plan.step_shape(rng, batch, fill)
                 prompts = ["hi " * max(1, n - 2) for n in lengths]  # " hi" is one token; BOS
                 step_rows = await _profile_step(
                     client, target, batch, clock_mhz, prompts, step_tokens, window_s
                 )
                 rows += step_rows
-                log.info("batch %d at %d MHz: %d rows", batch, clock_mhz, len(step_rows))
+                log.info("batch %d at %d MHz, %.0f %% full: %d rows", batch, clock_mhz, 100 * fill,
+                         len(step_rows))  # fmt: skip
         finally:
             for gpu in gpus:
                 await gpu.reset_clock()

@@ -14,7 +14,7 @@ from throttllem.profiler import COLUMNS, profile_virtual, read_rows, write_rows
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("performance")
-    rows = profile_virtual("a100-40gb/llama-3-8b/tp1", output_tokens=64, batch_step=3, passes=4)
+    rows = profile_virtual("a100-40gb/llama-3-8b/tp1", output_tokens=64, batch_step=3, passes=6)
     write_rows(folder / "profile.csv", rows)
     report = train_performance(
         folder / "profile.csv", folder / "model.onnx", folder / "report.json"
