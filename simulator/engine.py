@@ -147,6 +147,10 @@ class Engine:
         """The requests in the batch, in the order they were scheduled."""
         return list(self._running.values())
 
+    def waiting_sequences(self) -> list[EngineRequest]:
+        """The requests waiting for a slot, the next to start first."""
+        return list(self._waiting)
+
     @property
     def waiting(self) -> int:
         return len(self._waiting)

@@ -14,6 +14,7 @@ from throttllem.cli_predictors import (
     add_planner_bench,
     add_predictor_bench,
     add_profile_command,
+    add_projection_bench,
     add_train_command,
 )
 from throttllem.cli_replay import add_replay_command
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     twin_bench.set_defaults(handler=_bench_twin)
     add_predictor_bench(benches)
     add_planner_bench(benches)
+    add_projection_bench(benches)
     gateway_bench = benches.add_parser(
         "gateway",
         help="the latency the gateway adds in front of an instant Triton upstream; max req/s",

@@ -238,6 +238,53 @@ def add_planner_bench(benches: Subparsers) -> None:
     bench.set_defaults(handler=_bench_planner)
 
 
+def add_projection_bench(benches: Subparsers) -> None:
+    from throttllem.bench.projection import ProjectionOptions
+
+    defaults = ProjectionOptions()
+    bench = benches.add_parser(
+        "projection", help="the planner's projection against what the twin then did",
+        description="Replay a slice of a trace on the twin with the true lengths, the clock "
+        "planned every window; every --every-s seconds, set the planner's projection of the "
+        "engine's board (at the clock it chose) against a copy of the engine run on with "
+        "nothing more arriving. Prints the batch and KV errors, each request's first- and "
+        "last-token time error and the drift per iteration, under both scheduler policies, "
+        "next to the paper's figures for TensorRT-LLM.",
+    )  # fmt: skip
+    bench.add_argument(
+        "--profile", default=defaults.profile, help=f"twin engine (default: {defaults.profile})"
+    )
+    bench.add_argument(
+        "--trace", type=Path, default=defaults.trace, help="Azure trace CSV (default: conversation)"
+    )
+    bench.add_argument(
+        "--rate", type=float, default=defaults.rate, help=f"mean req/s (default: {defaults.rate:g})"
+    )
+    bench.add_argument(
+        "--duration-s",
+        type=float,
+        default=defaults.duration_s,
+        help=f"seconds of the scaled trace (default: {defaults.duration_s:g})",
+    )
+    bench.add_argument(
+        "--every-s",
+        type=float,
+        default=defaults.every_s,
+        help=f"seconds between two compared projections (default: {defaults.every_s:g})",
+    )
+    bench.add_argument("--json", type=Path, default=None, help="write the report here")
+    bench.set_defaults(handler=_bench_projection)  # fmt: skip
+
+
+def _bench_projection(args: argparse.Namespace) -> int:
+    from throttllem.bench.projection import ProjectionOptions, bench_projection
+
+    options = ProjectionOptions(trace=args.trace, profile=args.profile, rate=args.rate,
+                                duration_s=args.duration_s, every_s=args.every_s)  # fmt: skip
+    bench_projection(options, args.json)
+    return 0
+
+
 def _bench_planner(args: argparse.Namespace) -> int:
     from throttllem.bench.planner import bench_planner
 
