@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from slo_planner.admission import EngineShape
+from slo_planner.arrivals import ArrivalModel
 from slo_planner.clock import ClockPlanner
 from slo_planner.feasibility import DEFAULT_HORIZON, FrequencyDecision, IterationTimes
 from slo_scoreboard.board import board_of
@@ -49,11 +50,15 @@ class PlannerPolicy:
         engine: EngineShape,
         horizon: int = DEFAULT_HORIZON,
         margin: float = 0.0,
+        arrivals: ArrivalModel | None = None,
     ) -> None:
-        """`margin`: the share of every budget the planned clock keeps to spare."""
+        """`margin`: the share of every budget the planned clock keeps to spare;
+        `arrivals`: the expected arrivals it leaves room for (slo_planner/arrivals.py)."""
         self._read_entries = read_entries
         self._engine = engine
-        self._planner = ClockPlanner(model, margin, horizon) if model is not None else None
+        self._planner = (
+            ClockPlanner(model, margin, horizon, arrivals) if model is not None else None
+        )
         self.last_reason = ""
         self.last_decision: FrequencyDecision | None = None
 

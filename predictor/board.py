@@ -47,11 +47,16 @@ class Requests:
     tbt_slo_s: FloatArray = field(default_factory=_floats)
     e2e_deadline_s: FloatArray = field(default_factory=_floats)  # absolute
     max_tokens: IntArray = field(default_factory=_ints)  # the engine's limit, >= generated
+    # The first iteration it may start in: 0 for a request that has arrived; later for
+    # one expected to arrive.
+    earliest_start: IntArray = field(default_factory=_ints)
 
     def __post_init__(self) -> None:
         if len(self.max_tokens) == 0 and len(self.arrival_s):
             believed = self.generated_tokens + self.remaining_tokens
             object.__setattr__(self, "max_tokens", believed.astype(np.int64))
+        if len(self.earliest_start) == 0 and len(self.arrival_s):
+            object.__setattr__(self, "earliest_start", np.zeros(len(self), dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -68,6 +73,7 @@ class Requests:
         tbt_slo_s: npt.ArrayLike = (),
         e2e_deadline_s: npt.ArrayLike = (),
         max_tokens: npt.ArrayLike = (),
+        earliest_start: npt.ArrayLike = (),
     ) -> Requests:
         """Requests from any array-likes (lists, scalars), as float64 and int64 columns."""
         return cls(
@@ -79,6 +85,7 @@ class Requests:
             tbt_slo_s=_floats(tbt_slo_s),
             e2e_deadline_s=_floats(e2e_deadline_s),
             max_tokens=_ints(max_tokens),
+            earliest_start=_ints(earliest_start),
         )
 
     def append(self, other: Requests) -> Requests:
@@ -107,10 +114,21 @@ class Board:
     kv_capacity_blocks: int
     tokens_per_block: int = 64
     scheduler_policy: SchedulerPolicy = SchedulerPolicy.GUARANTEED_NO_EVICT
+    # The last `expected_rows` queued rows are arrivals expected, not yet real: each is
+    # planned to be served from its arrival on at the highest clock (the governor raises
+    # the clock when it comes), so the clock now needs only to keep that possible.
+    expected_rows: int = 0
 
     def with_queued(self, request: Requests) -> Board:
         """The board with `request` queued behind everyone else."""
+        if self.expected_rows:
+            raise ValueError("a real request cannot queue behind expected ones")
         return replace(self, queued=self.queued.append(request))
+
+    def with_expected(self, expected: Requests) -> Board:
+        """The board with the arrivals `expected` queued behind everyone else."""
+        return replace(self, queued=self.queued.append(expected),
+                       expected_rows=self.expected_rows + len(expected))  # fmt: skip
 
     @property
     def size(self) -> int:

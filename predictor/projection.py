@@ -47,6 +47,7 @@ class Projection:
 
 
 def project(board: Board, horizon: int) -> Projection:
+    """A queued request also waits for its `earliest_start` (an expected arrival does)."""
     if board.scheduler_policy == SchedulerPolicy.GUARANTEED_NO_EVICT:
         return _timeline(board, horizon, reserved_starts(board))
     projection = _timeline(board, horizon, slot_starts(board))
@@ -59,16 +60,18 @@ def slot_starts(board: Board) -> IntArray:
     """The iteration each queued request starts in: in order, into the first free slot."""
     free_now = board.max_batch - len(board.running)
     queued = len(board.queued)
-    if queued <= free_now:  # everyone fits at once
-        return np.zeros(queued, dtype=np.int64)
+    earliest = board.queued.earliest_start
+    if queued <= free_now:  # everyone fits at once, or when it comes
+        return np.maximum.accumulate(earliest) if queued else np.zeros(0, dtype=np.int64)
     # Only the slots the queue will ever see matter: the free ones and the earliest ends.
     ends = np.sort(board.running.remaining_tokens)[: queued - max(free_now, 0)].tolist()
     slots = [0] * max(free_now, 0) + ends  # sorted, so already a heap
-    starts = []
-    for duration in board.queued.remaining_tokens.tolist():
-        free_at = slots[0]
-        starts.append(free_at)
-        heapq.heapreplace(slots, free_at + duration)
+    starts, previous = [], 0
+    for duration, not_before in zip(board.queued.remaining_tokens.tolist(), earliest.tolist(),
+                                    strict=True):  # fmt: skip
+        start = previous = max(slots[0], not_before, previous)
+        starts.append(start)
+        heapq.heapreplace(slots, start + duration)
     return np.array(starts, dtype=np.int64)
 
 
@@ -80,15 +83,18 @@ def reserved_starts(board: Board) -> IntArray:
     queued_reserved = board.queued.reserved_blocks(block)
     reserved = int(running_reserved.sum())
     free_now = board.max_batch - len(board.running)
+    earliest = board.queued.earliest_start
     if len(board.queued) <= free_now and reserved + int(queued_reserved.sum()) <= capacity:
-        return np.zeros(len(board.queued), dtype=np.int64)
+        return np.maximum.accumulate(earliest) if len(earliest) else np.zeros(0, dtype=np.int64)
     ends = list(zip(board.running.remaining_tokens.tolist(), running_reserved.tolist(),
                     strict=True))  # fmt: skip
     heapq.heapify(ends)
     active, now = len(board.running), 0
     starts = []
-    for duration, needed in zip(board.queued.remaining_tokens.tolist(),
-                                queued_reserved.tolist(), strict=True):  # fmt: skip
+    for duration, needed, not_before in zip(board.queued.remaining_tokens.tolist(),
+                                            queued_reserved.tolist(), earliest.tolist(),
+                                            strict=True):  # fmt: skip
+        now = max(now, not_before)
         while ends and (ends[0][0] <= now or active >= board.max_batch
                         or reserved + needed > capacity):  # fmt: skip
             end, freed = heapq.heappop(ends)
@@ -188,6 +194,8 @@ def _step_by_step(board: Board, horizon: int) -> Projection:
     running: dict[int, _Stepped] = {}
     contexts = np.concatenate([board.running.context_tokens, board.queued.context_tokens])
     lefts = np.concatenate([board.running.remaining_tokens, board.queued.remaining_tokens])
+    earliest = np.concatenate([np.zeros(running_rows, dtype=np.int64),
+                               board.queued.earliest_start])  # fmt: skip
     waiting = [_Stepped(row, int(contexts[row]), int(lefts[row]))
                for row in range(running_rows, count)]  # fmt: skip
     waiting.reverse()  # a stack: the head is popped from the end, paused ones pushed back
@@ -222,7 +230,7 @@ def _step_by_step(board: Board, horizon: int) -> Projection:
             newest.context_tokens += done
             newest.left_tokens -= done
             waiting.append(newest)
-        while waiting and len(running) < max_batch:
+        while waiting and len(running) < max_batch and earliest[waiting[-1].row] <= t:
             head = waiting[-1]
             needed = -(-(head.context_tokens + 1) // block)
             if used + needed > capacity:

@@ -72,8 +72,10 @@ class _Runs:
         self, prepared: PreparedTimes, horizon: int, first: IntArray, last: IntArray
     ) -> None:
         self.seconds = prepared.run_seconds
+        self.starts = prepared.run_starts
         self.lengths = np.diff(prepared.run_starts, append=horizon)
         run_end = prepared.run_starts + self.lengths  # exclusive
+        self.ends = run_end
         self.first_run = np.searchsorted(prepared.run_starts, first, side="right") - 1
         self.first_back = run_end[self.first_run] - 1 - first
         self.last_run = np.searchsorted(prepared.run_starts, last, side="right") - 1
@@ -114,6 +116,7 @@ class _Timeline:
         running, queued = board.running, board.queued
         self.board = board
         self.running = len(board.running)
+        self.expected = slice(board.size - board.expected_rows, board.size)
         self._runs: tuple[IterationTimes, _Runs] | None = None
         if same_work_as is not None:
             self.projection: Projection = same_work_as.projection
@@ -187,13 +190,64 @@ class _Timeline:
         first_run = runs.first_run[queued]
         first_s = (run_done_s[first_run] - runs.first_back[queued] * seconds[first_run]
                    + self._start_beyond[queued] * last)  # fmt: skip
-        if (first_s > self._ttft_tolerant[queued]).any():
-            return False
         last_s = (run_done_s[runs.last_run] - runs.last_back * seconds[runs.last_run]
                   + self._end_beyond * last)  # fmt: skip
+        self._serve_expected_at_top(model, clock_index, runs, seconds, run_done_s,
+                                    first_s, last_s)  # fmt: skip
+        if (first_s > self._ttft_tolerant[queued]).any():
+            return False
         if (last_s > self._e2e_tolerant).any():
             return False
         return not (self._tbt_miss_s(first_s, last_s) > TOLERANCE_S).any()
+
+    def _serve_expected_at_top(self, model: IterationTimes, clock_index: int, runs: _Runs,
+                               seconds: FloatArray, run_done_s: FloatArray,
+                               queued_first_s: FloatArray, last_s: FloatArray) -> None:  # fmt: skip
+        """Rewrite the expected arrivals' first and last token times (in place): the
+        iterations before each one's arrival run at `clock_index`, those from then on at
+        the highest clock, to which the governor moves when the board needs it."""
+        rows = self.expected
+        top = len(model.clocks_mhz) - 1
+        if rows.start == rows.stop or clock_index >= top:
+            return
+        top_seconds = runs.seconds(top)
+        top_done_s = self.board.now_s + np.cumsum(top_seconds * runs.lengths)
+        arrival_s = self.board.queued.arrival_s[rows.start - self.running :]
+        # The first iteration at the highest clock: the first to start after the arrival.
+        ended = np.searchsorted(run_done_s, arrival_s, side="right")  # runs over by then
+        run = np.minimum(ended, len(run_done_s) - 1)
+        before_s = np.where(ended > 0, run_done_s[np.maximum(ended - 1, 0)], self.board.now_s)
+        per_iteration_s = np.maximum(seconds[run], 1e-9)  # an empty iteration takes no time
+        into = np.ceil((arrival_s - before_s) / per_iteration_s - TOLERANCE_S)
+        into = np.minimum(np.maximum(into, 0), 2**40).astype(np.int64)
+        inside = ended < len(run_done_s)
+        switch = np.where(inside, runs.starts[run] + np.minimum(into, runs.lengths[run]),
+                          self.projection.horizon + into)  # fmt: skip
+        switch_s = self._end_s(runs, seconds, run_done_s, switch - 1)
+        top_switch_s = self._end_s(runs, top_seconds, top_done_s, switch - 1)
+
+        def two_speed_end_s(iterations: IntArray) -> FloatArray:
+            slow_s = self._end_s(runs, seconds, run_done_s, iterations)
+            fast_s = (
+                switch_s + self._end_s(runs, top_seconds, top_done_s, iterations) - top_switch_s
+            )
+            ended_s: FloatArray = np.where(iterations >= switch, fast_s, slow_s)
+            return ended_s
+
+        p = self.projection
+        queued_first_s[rows.start - self.running :] = two_speed_end_s(p.start[rows])
+        last_s[rows] = two_speed_end_s(p.end[rows] - 1)
+
+    def _end_s(self, runs: _Runs, seconds: FloatArray, run_done_s: FloatArray,
+               iterations: IntArray) -> FloatArray:  # fmt: skip
+        """When each iteration ends (-1: now); past the horizon, at the last one's pace."""
+        last = self.projection.horizon - 1
+        inside = np.minimum(np.maximum(iterations, 0), last)
+        run = np.searchsorted(runs.starts, inside, side="right") - 1
+        ended_s = (run_done_s[run] - (runs.ends[run] - 1 - inside) * seconds[run]
+                   + np.maximum(iterations - last, 0) * seconds[-1])  # fmt: skip
+        at_s: FloatArray = np.where(iterations < 0, self.board.now_s, ended_s)
+        return at_s
 
     def _tbt_miss_s(self, queued_first_s: FloatArray, last_s: FloatArray) -> FloatArray:
         """Mean gap over the tokens still to come, less the TBT SLO (-inf: no gap left)."""
@@ -206,6 +260,12 @@ class _Timeline:
         p = self.projection
         first_s = self.token_times(seconds, done_s, p.start)
         last_s = self.token_times(seconds, done_s, p.end - 1)
+        runs = self._runs_for(model)
+        run_seconds = runs.seconds(clock_index)
+        run_done_s = self.board.now_s + np.cumsum(run_seconds * runs.lengths)
+        queued_first_s = first_s[self.running :]  # a view: rewritten in place
+        self._serve_expected_at_top(model, clock_index, runs, run_seconds, run_done_s,
+                                    queued_first_s, last_s)  # fmt: skip
         return CheckResult(
             clock_index=clock_index,
             kv_overflow_blocks=self.kv_overflow_blocks,

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 
 from predictor.board import SchedulerPolicy
 from slo_planner.admission import EngineShape
+from slo_planner.arrivals import ArrivalModel
 
 
 class PlannerSettings(BaseModel):
@@ -35,6 +36,21 @@ class PlannerSettings(BaseModel):
         "that the next arrival still fits at the highest clock (admission uses the exact "
         "promises).",
     )
+    governor_arrival_horizon_s: float = Field(
+        4.0,
+        ge=0,
+        description="Seconds of expected arrivals the planned clock leaves room for (their "
+        "count from the recent arrival rate, their prompts, lengths and promises from the "
+        "recent mix); 0 plans on the requests on the board alone.",
+    )
+    governor_arrival_quantile: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="The planned count of expected arrivals is this quantile of a Poisson "
+        "count at the recent rate over the horizon: near capacity, bursts, not the mean, "
+        "are what make first tokens wait.",
+    )
     prefill_us_per_token: float = Field(
         0.0,
         ge=0,
@@ -48,6 +64,12 @@ class PlannerSettings(BaseModel):
         "clock per square of its length (each token attends to those before it); "
         "`throttllem run` measures the twin's.",
     )
+
+    def arrival_model(self) -> ArrivalModel | None:
+        """The expected arrivals the planned clock leaves room for; None: none."""
+        if self.governor_arrival_horizon_s <= 0:
+            return None
+        return ArrivalModel(self.governor_arrival_horizon_s, self.governor_arrival_quantile)
 
     @property
     def engine_shape(self) -> EngineShape:

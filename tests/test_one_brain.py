@@ -28,6 +28,7 @@ from slo_planner.admission_queue import AdmissionQueue
 from slo_planner.clock_steps import ClockSteps
 from slo_planner.iteration_times import TableIterationTimes
 from slo_planner.scaling import EngineSize, ScalingPolicy
+from slo_planner.settings import PlannerSettings
 from slo_scoreboard.board import board_of, requests_of
 from slo_scoreboard.scaling_channel import MemoryScalingChannel
 from slo_scoreboard.store import MemoryStateStore, RequestEntry
@@ -123,7 +124,8 @@ async def test_the_live_governor_and_the_replays_take_the_same_clock_decisions(m
 
     gpu = RecordingGpu(now_s)
     live = ClockGovernor(
-        [gpu], PlannerPolicy(read, model, shape, margin=policy.margin), WINDOW_S,
+        [gpu], PlannerPolicy(read, model, shape, margin=policy.margin,
+                             arrivals=PlannerSettings().arrival_model()), WINDOW_S,
         clock_s=lambda: now_s[0], monotonic_s=lambda: now_s[0], min_dwell_s=DWELL_S,
         switch_latency_s=SWITCH_S,
     )  # fmt: skip

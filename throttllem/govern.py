@@ -114,7 +114,8 @@ def planner_policy(settings: Settings) -> FrequencyPolicy:
         settings.redis_url, settings.instance, settings.state_entry_ttl_s
     )
     return PlannerPolicy(store_reader(store), model, settings.engine_shape,
-                         margin=settings.governor_margin)  # fmt: skip
+                         margin=settings.governor_margin,
+                         arrivals=settings.arrival_model())  # fmt: skip
 
 
 def governor_process(settings: Settings) -> GovernorProcess:

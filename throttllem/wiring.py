@@ -151,7 +151,8 @@ def embedded_governor(
     policy: FrequencyPolicy = HighestClock()
     if planner is not None:
         policy = PlannerPolicy(store_reader(store), planner.model, planner.engine,
-                               margin=settings.governor_margin)  # fmt: skip
+                               margin=settings.governor_margin,
+                               arrivals=settings.arrival_model())  # fmt: skip
     return ClockGovernor(
         gpus,
         policy,

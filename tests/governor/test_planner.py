@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from predictor.board import Board, Requests, SchedulerPolicy
 from predictor.projection import project
 from slo_planner.feasibility import (
+    DEFAULT_HORIZON,
     PreparedTimes,
+    _Timeline,
     admit,
     check,
     lowest_frequency,
@@ -59,6 +61,7 @@ def requests(draw, count: int, running: bool, now_s: float = 10.0) -> Requests:
         })  # fmt: skip
         rows[-1]["max_tokens"] = (rows[-1]["generated_tokens"] + remaining
                                   + draw(st.sampled_from([0, 0, 50, 1000])))  # fmt: skip
+        rows[-1]["earliest_start"] = 0 if running else draw(st.sampled_from([0, 0, 0, 7, 60]))
     return Requests.of(**{key: [row[key] for row in rows] for key in Requests.__dataclass_fields__})
 
 
@@ -272,3 +275,34 @@ def test_a_margin_tightens_every_budget_and_plans_a_clock_at_least_as_high():
     budget = board.running.e2e_deadline_s - board.running.arrival_s
     assert np.allclose(tight.running.e2e_deadline_s - tight.running.arrival_s, budget * 0.75)
     assert lowest_frequency(tight, MODEL).clock_mhz >= lowest_frequency(board, MODEL).clock_mhz
+
+
+@FAST
+@given(boards(), requests(3, False, now_s=11.0), st.floats(0.0, 8.0))
+def test_expected_arrivals_are_judged_alike_by_the_fast_verdict_and_the_full_check(
+    board: Board, expected: Requests, later_s: float
+):
+    """Expected arrivals are served from their arrival at the highest clock: the run-wise
+    verdict and the per-iteration check agree at every clock, and at the highest clock
+    they are judged as real requests are."""
+    expected = replace(expected, arrival_s=expected.arrival_s + later_s)
+    planned = board.with_expected(expected)
+    timeline = _Timeline(planned, DEFAULT_HORIZON)
+    for clock_index in range(0, len(CLOCKS_MHZ), 8):
+        assert timeline.feasible(MODEL, clock_index) == timeline.check(MODEL, clock_index).feasible
+    top = len(CLOCKS_MHZ) - 1
+    as_real = _Timeline(replace(planned, expected_rows=0), DEFAULT_HORIZON).check(MODEL, top)
+    assert np.allclose(timeline.check(MODEL, top).worst_miss_s, as_real.worst_miss_s)
+
+
+@FAST
+@given(boards(), requests(3, False, now_s=11.0))
+def test_an_expected_arrival_is_never_later_than_at_the_clock_planned_now(
+    board: Board, expected: Requests
+):
+    planned = _Timeline(board.with_expected(expected), DEFAULT_HORIZON)
+    as_real = _Timeline(replace(board.with_expected(expected), expected_rows=0), DEFAULT_HORIZON)
+    for clock_index in range(0, len(CLOCKS_MHZ), 10):
+        two_speed = planned.check(MODEL, clock_index).worst_miss_s
+        one_speed = as_real.check(MODEL, clock_index).worst_miss_s
+        assert (two_speed <= one_speed + 1e-9).all()

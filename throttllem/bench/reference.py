@@ -101,6 +101,7 @@ def project_reference(board: Board, horizon: int) -> Projection:
     requests = board.running.append(board.queued)
     contexts, lefts = requests.context_tokens.tolist(), requests.remaining_tokens.tolist()
     reserves = requests.reserved_blocks(block).tolist()
+    earliest = requests.earliest_start.tolist()
     count = len(requests)
     start = np.full(count, -1, dtype=np.int64)
     start[: len(board.running)] = 0
@@ -121,6 +122,8 @@ def project_reference(board: Board, horizon: int) -> Projection:
         filled = filled_square = 0
         while waiting and len(active) < board.max_batch:
             head = waiting[0]
+            if t < earliest[head]:
+                break
             if reserving:
                 if sum(reserves[row] for row in active) + reserves[head] > capacity:
                     break

@@ -35,6 +35,8 @@ from slo_planner.settings import PlannerSettings
 
 ONDEMAND_UP_THRESHOLD = 0.8
 DEFAULT_MARGIN = PlannerSettings().governor_margin  # what a deployment plans with
+DEFAULT_ARRIVAL_HORIZON_S = PlannerSettings().governor_arrival_horizon_s
+DEFAULT_ARRIVAL_QUANTILE = PlannerSettings().governor_arrival_quantile
 
 POLICY_NAMES = (
     "max", "static:<MHz>", "static-best", "reactive", "slo-feedback", "power-cap:<W>",
@@ -68,12 +70,17 @@ class Policy:
     slo_feedback: bool = False  # the lowest clock meeting TPOT now, highest while any wait
     power_cap_w: float | None = None  # a power limit on every GPU, clocks left at default
     margin: float = DEFAULT_MARGIN  # planned clocks keep this share of every budget to spare
+    arrival_horizon_s: float = DEFAULT_ARRIVAL_HORIZON_S  # expected arrivals planned for
+    arrival_quantile: float = DEFAULT_ARRIVAL_QUANTILE
 
     def clock_planner(self, model: IterationTimes | None) -> ClockPlanner | None:
         """The live governor's planner, for the gated policies."""
         if not self.gated or model is None:
             return None
-        return ClockPlanner(model, self.margin)
+        planning = PlannerSettings(governor_margin=self.margin,
+                                   governor_arrival_horizon_s=self.arrival_horizon_s,
+                                   governor_arrival_quantile=self.arrival_quantile)  # fmt: skip
+        return ClockPlanner(model, self.margin, arrivals=planning.arrival_model())
 
     def clock_mhz(
         self,
