@@ -28,20 +28,30 @@ class EngineShape:
     scheduler_policy: SchedulerPolicy = SchedulerPolicy.GUARANTEED_NO_EVICT
 
 
+RETRY_S = 0.5  # the gate tries a held request again at least this often (the window)
+
+
 class AdmissionPlanner:
     def __init__(
-        self, model: IterationTimes, engine: EngineShape, horizon: int = DEFAULT_HORIZON
+        self,
+        model: IterationTimes,
+        engine: EngineShape,
+        horizon: int = DEFAULT_HORIZON,
+        retry_s: float = RETRY_S,
     ) -> None:
+        """`retry_s`: how long until a held request is tried again; one that would lose
+        its first token by waiting that long is sent now (feasibility.admit)."""
         self.model = model
         self.engine = engine
         self.horizon = horizon
+        self.retry_s = retry_s
 
     def verdict_on(self, board: Board, candidate: Requests) -> Verdict:
         """The verdict for one queued row `candidate` joining `board`. On an empty board
         there is nobody to protect: the engine is the judge of what fits."""
         if board.size == 0:
             return Verdict.ADMIT
-        decision = admit(board, candidate, self.model, self.horizon)
+        decision = admit(board, candidate, self.model, self.horizon, self.retry_s)
         if decision.admit:
             return Verdict.ADMIT
         own = decision.with_request

@@ -437,11 +437,21 @@ class AdmitDecision:
 
 
 def admit(
-    board: Board, request: Requests, model: IterationTimes, horizon: int = DEFAULT_HORIZON
+    board: Board,
+    request: Requests,
+    model: IterationTimes,
+    horizon: int = DEFAULT_HORIZON,
+    hold_s: float = 0.0,
 ) -> AdmitDecision:
     """Admit `request` (one queued row) if, at the highest clock, it keeps its own promises
     and every admitted promise still keepable stays kept (one already lost is missed
-    either way; the clock search bounds how late it runs)."""
+    either way; the clock search bounds how late it runs).
+
+    One that would hurt an admitted request is held, unless holding it `hold_s` more
+    (until the gate tries again) would cost it its own first token: no request waits
+    past its budget for another's sake. Held or sent, one of them may miss; the one
+    already admitted was promised first, but not at the price of a newcomer's whole
+    TTFT budget spent waiting in the gateway."""
     top = len(model.clocks_mhz) - 1
     candidate = _Timeline(board.with_queued(request), horizon)
     if candidate.feasible(model, top):  # the common case: nobody misses, so nobody is hurt
@@ -458,6 +468,19 @@ def admit(
     keepable = np.ones(len(worst) - 1, dtype=bool)
     keepable[before.missing] = False
     hurt = np.nonzero((worst[:-1] > TOLERANCE_S) & keepable)[0]
-    if len(hurt):
-        return AdmitDecision(False, f"{len(hurt)} admitted request(s) would miss", after)
-    return AdmitDecision(True, "every promise holds", after)
+    if not len(hurt):
+        return AdmitDecision(True, "every promise holds", after)
+    if hold_s > 0 and _first_token_lost_by_waiting(board, request, model, horizon, hold_s):
+        return AdmitDecision(True, "its last chance to keep its own first token", after)
+    return AdmitDecision(False, f"{len(hurt)} admitted request(s) would miss", after)
+
+
+def _first_token_lost_by_waiting(board: Board, request: Requests, model: IterationTimes,
+                                 horizon: int, hold_s: float) -> bool:  # fmt: skip
+    """Whether `request`, sent `hold_s` later onto the same board, would miss its TTFT
+    at the highest clock (the board's own progress meanwhile is not counted: it can
+    only free a slot sooner, which the next try sees)."""
+    later = replace(request, ttft_slo_s=request.ttft_slo_s - hold_s)
+    top = len(model.clocks_mhz) - 1
+    waited = _Timeline(board.with_queued(later), horizon).check(model, top)
+    return bool(waited.ttft_miss_s[-1] > TOLERANCE_S)

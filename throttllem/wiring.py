@@ -177,4 +177,6 @@ def admission_planner(settings: Settings, predictions: Predictions) -> Admission
     if predictions.length is None or predictions.performance is None:
         return None
     model = planned_iteration_times(predictions.performance, settings)
-    return AdmissionPlanner(model, settings.engine_shape)
+    return AdmissionPlanner(
+        model, settings.engine_shape, retry_s=settings.governor_window_ms / 1000
+    )

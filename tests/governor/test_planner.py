@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from predictor.board import Board, Requests, SchedulerPolicy
 from predictor.projection import project
+from slo_planner.admission import AdmissionPlanner, EngineShape, Verdict
 from slo_planner.feasibility import (
     DEFAULT_HORIZON,
     PreparedTimes,
@@ -21,7 +22,7 @@ from slo_planner.feasibility import (
     renegotiated,
     with_margin,
 )
-from throttllem.bench.reference import project_reference
+from throttllem.bench.reference import check_reference, project_reference
 
 CLOCKS_MHZ = np.arange(210, 1411, 15)
 
@@ -139,6 +140,54 @@ def test_admitting_never_breaks_an_admitted_promise_at_the_highest_clock(
     kept = before.worst_miss_s <= 1e-9
     assert np.all(after[:-1][kept] <= 1e-9)
     assert after[-1] <= 1e-9
+
+
+@st.composite
+def long_prompts(draw, now_s: float = 10.0) -> Requests:
+    """A newcomer with a long prompt and loose promises of its own: its prefill may hurt
+    the admitted requests' pace, rarely itself."""
+    remaining = draw(st.integers(1, 300))
+    return Requests.of(arrival_s=[now_s], prompt_tokens=[draw(st.integers(100, 6000))],
+                       generated_tokens=[0], remaining_tokens=[remaining],
+                       ttft_slo_s=[draw(st.sampled_from([10.0, 60.0]))], tbt_slo_s=[0.5],
+                       e2e_deadline_s=[now_s + 1000.0])  # fmt: skip
+
+
+@st.composite
+def paced_boards(draw, now_s: float = 10.0) -> Board:
+    """Running requests near their end under a tight pace: a long prefill can hurt them."""
+    count = draw(st.integers(1, 8))
+    remaining = draw(st.lists(st.integers(1, 40), min_size=count, max_size=count))
+    running = Requests.of(arrival_s=[now_s - 1.0] * count, prompt_tokens=[200] * count,
+                          generated_tokens=[20] * count, remaining_tokens=remaining,
+                          ttft_slo_s=[2.0] * count,
+                          tbt_slo_s=draw(st.lists(st.sampled_from([0.04, 0.05, 0.08]),
+                                                  min_size=count, max_size=count)),
+                          e2e_deadline_s=[now_s + 100.0] * count)  # fmt: skip
+    return Board(now_s, running, Requests(), count + draw(st.integers(0, 4)), 5000, 16,
+                 draw(st.sampled_from(list(SchedulerPolicy))))  # fmt: skip
+
+
+@FAST
+@given(st.one_of(boards(), paced_boards()), st.one_of(requests(1, False), long_prompts()))
+def test_the_gate_never_holds_a_request_that_would_hurt_nobody(board: Board, new: Requests):
+    """Held (WAIT) only when sending it now makes an admitted request miss a promise that
+    holding it keeps, by the plain reference check; a request that would miss its own
+    promise whatever happens (LOST) is sent at once, and one that fits is admitted."""
+    top = len(CLOCKS_MHZ) - 1
+    verdict = AdmissionPlanner(MODEL, EngineShape(board.max_batch, board.kv_capacity_blocks,
+                                                  board.tokens_per_block,
+                                                  board.scheduler_policy)).verdict_on(board, new)  # fmt: skip
+    if verdict is not Verdict.WAIT:
+        return
+    horizon = DEFAULT_HORIZON
+    before = check_reference(board, MODEL, top, horizon)
+    after = check_reference(board.with_queued(new), MODEL, top, horizon)
+    assert after.worst_miss_s[-1] <= 1e-9  # it would keep its own promise
+    kept_if_held = before.worst_miss_s <= 1e-9
+    hurt = kept_if_held & (after.worst_miss_s[:-1] > 1e-9)
+    overflow = after.kv_overflow_blocks > before.kv_overflow_blocks
+    assert hurt.any() or overflow
 
 
 def test_a_lost_request_does_not_hold_back_one_that_fits():
@@ -306,3 +355,25 @@ def test_an_expected_arrival_is_never_later_than_at_the_clock_planned_now(
         two_speed = planned.check(MODEL, clock_index).worst_miss_s
         one_speed = as_real.check(MODEL, clock_index).worst_miss_s
         assert (two_speed <= one_speed + 1e-9).all()
+
+
+def test_a_newcomer_is_held_for_an_admitted_request_only_while_it_can_afford_to_wait():
+    """A long prompt that would stretch a nearly finished request's pace: held while its
+    own first token can wait for the next try, sent once waiting would cost it that."""
+    running = Requests.of(arrival_s=[9.0], prompt_tokens=[100], generated_tokens=[10],
+                          remaining_tokens=[5], ttft_slo_s=[2.0], tbt_slo_s=[0.05],
+                          e2e_deadline_s=[100.0])  # fmt: skip
+    board = Board(10.0, running, Requests(), 4, 5000, 16)
+
+    def newcomer(ttft_slo_s: float) -> Requests:
+        return Requests.of(arrival_s=[10.0], prompt_tokens=[6000], generated_tokens=[0],
+                           remaining_tokens=[50], ttft_slo_s=[ttft_slo_s], tbt_slo_s=[0.5],
+                           e2e_deadline_s=[1000.0])  # fmt: skip
+
+    top = len(CLOCKS_MHZ) - 1
+    first_token_s = check(board.with_queued(newcomer(60.0)), MODEL, top).ttft_miss_s[-1] + 70.0
+    assert not admit(board, newcomer(60.0), MODEL, hold_s=0.5).admit  # it can wait
+    tight = newcomer(first_token_s - 10.0 + 0.2)  # 0.2 s to spare: not the 0.5 s a wait takes
+    decision = admit(board, tight, MODEL, hold_s=0.5)
+    assert decision.admit and "last chance" in decision.reason
+    assert not admit(board, tight, MODEL, hold_s=0.0).admit

@@ -170,7 +170,7 @@ class _Instance:
             shape = EngineShape(profile.max_batch_size, self.engine.kv_capacity_blocks,
                                 profile.tokens_per_block,
                                 SchedulerPolicy(self.engine.policy))  # fmt: skip
-            self.admission_planner = AdmissionPlanner(model, shape)
+            self.admission_planner = AdmissionPlanner(model, shape, retry_s=WINDOW_S)
 
     def board(self, requests: _Requests, now_s: float) -> Board:
         indices = np.fromiter(self.active, dtype=np.int64, count=len(self.active))
