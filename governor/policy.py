@@ -18,6 +18,7 @@ from slo_planner.admission import EngineShape
 from slo_planner.arrivals import ArrivalModel
 from slo_planner.clock import ClockPlanner
 from slo_planner.feasibility import DEFAULT_HORIZON, FrequencyDecision, IterationTimes
+from slo_planner.length_risk import ConformalLevel
 from slo_scoreboard.board import board_of
 from slo_scoreboard.store import RequestEntry, StateStore, StateStoreError
 
@@ -51,11 +52,16 @@ class PlannerPolicy:
         horizon: int = DEFAULT_HORIZON,
         margin: float = 0.0,
         arrivals: ArrivalModel | None = None,
+        length_risk: ConformalLevel | None = None,
     ) -> None:
         """`margin`: the share of every budget the planned clock keeps to spare;
-        `arrivals`: the expected arrivals it leaves room for (slo_planner/arrivals.py)."""
+        `arrivals`: the expected arrivals it leaves room for (slo_planner/arrivals.py);
+        `length_risk`: the quantile of each rest its own promises are planned on,
+        calibrated on the requests that leave the board (their last token count)."""
         self._read_entries = read_entries
         self._engine = engine
+        self._length_risk = length_risk
+        self._on_board: dict[str, tuple[tuple[int, ...], int]] = {}
         self._planner = (
             ClockPlanner(model, margin, horizon, arrivals) if model is not None else None
         )
@@ -76,9 +82,24 @@ class PlannerPolicy:
             return self._because("scoreboard unreadable", highest)
         if any(entry.predicted_tokens is None for entry in entries):
             return self._because("no length prediction", highest)
-        choice = self._planner.choose(board_of(entries, now_s, self._engine), supported_clocks_mhz)
+        level = 0.5
+        if self._length_risk is not None:
+            self._learn_lengths(entries, self._length_risk)
+            level = self._length_risk.level
+        board = board_of(entries, now_s, self._engine, level)
+        choice = self._planner.choose(board, supported_clocks_mhz)
         self.last_decision = choice.decision
         return self._because(choice.reason, choice.clock_mhz)
+
+    def _learn_lengths(self, entries: Sequence[RequestEntry], risk: ConformalLevel) -> None:
+        """Calibrate on the requests gone since the last pass: the tokens each had
+        generated when last seen stand for its length (within a window's tokens)."""
+        present = {entry.request_id for entry in entries}
+        for request_id, (quantiles, generated) in self._on_board.items():
+            if request_id not in present and generated > 0:
+                risk.observe(quantiles, generated)
+        self._on_board = {e.request_id: (e.length_quantiles, e.generated_tokens)
+                          for e in entries if e.length_quantiles}  # fmt: skip
 
     def _because(self, reason: str, clock_mhz: int) -> int:
         self.last_reason = reason

@@ -50,6 +50,10 @@ class Requests:
     # The first iteration it may start in: 0 for a request that has arrived; later for
     # one expected to arrive.
     earliest_start: IntArray = field(default_factory=_ints)
+    # Its rest at the planning quantile of its length (>= remaining_tokens): the batch is
+    # projected on the expected rest, and its own promises are checked as if it ran this
+    # long, so that a long answer's deadline is safe with the planned probability.
+    remaining_at_risk_tokens: IntArray = field(default_factory=_ints)
 
     def __post_init__(self) -> None:
         if len(self.max_tokens) == 0 and len(self.arrival_s):
@@ -57,6 +61,8 @@ class Requests:
             object.__setattr__(self, "max_tokens", believed.astype(np.int64))
         if len(self.earliest_start) == 0 and len(self.arrival_s):
             object.__setattr__(self, "earliest_start", np.zeros(len(self), dtype=np.int64))
+        if len(self.remaining_at_risk_tokens) == 0 and len(self.arrival_s):
+            object.__setattr__(self, "remaining_at_risk_tokens", self.remaining_tokens.copy())
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -74,6 +80,7 @@ class Requests:
         e2e_deadline_s: npt.ArrayLike = (),
         max_tokens: npt.ArrayLike = (),
         earliest_start: npt.ArrayLike = (),
+        remaining_at_risk_tokens: npt.ArrayLike = (),
     ) -> Requests:
         """Requests from any array-likes (lists, scalars), as float64 and int64 columns."""
         return cls(
@@ -86,6 +93,7 @@ class Requests:
             e2e_deadline_s=_floats(e2e_deadline_s),
             max_tokens=_ints(max_tokens),
             earliest_start=_ints(earliest_start),
+            remaining_at_risk_tokens=_ints(remaining_at_risk_tokens),
         )
 
     def append(self, other: Requests) -> Requests:

@@ -140,22 +140,27 @@ def planning_quantiles(prediction: LengthPrediction) -> tuple[int, ...]:
     return tuple(prediction.quantile(q) for q in PLANNING_LEVELS)
 
 
-def conditional_remaining(quantiles: Sequence[int], generated: int) -> int:
-    """Tokens still to come, the median of the length given that it already passed
-    `generated` (P(L | L > generated)), from the lengths at PLANNING_LEVELS. A request
-    planned on its unconditional median would look one token from its end for as long
-    as it outlives it; this keeps its expected rest in proportion. Past the last level,
-    the rest is what the last level's slope gives for half the probability left."""
+def conditional_remaining(quantiles: Sequence[int], generated: int, level: float = 0.5) -> int:
+    """Tokens still to come, the quantile at `level` (the median by default) of the length
+    given that it already passed `generated` (P(L | L > generated)), from the lengths at
+    PLANNING_LEVELS. A request planned on its unconditional median would look one token
+    from its end for as long as it outlives it; this keeps its expected rest in
+    proportion. Past the last level, the rest is what the last level's slope gives for
+    the share of the probability left that `level` asks for."""
     rows = np.asarray([quantiles], dtype=np.float64)
-    return int(conditional_remaining_rows(rows, np.asarray([generated]))[0])
+    return int(conditional_remaining_rows(rows, np.asarray([generated]), level)[0])
 
 
-def conditional_remaining_rows(quantiles: npt.ArrayLike, generated: npt.ArrayLike) -> IntArray:
-    """`conditional_remaining` for many requests at once: one row of lengths each.
+def conditional_remaining_rows(
+    quantiles: npt.ArrayLike, generated: npt.ArrayLike, level: float | FloatArray = 0.5
+) -> IntArray:
+    """`conditional_remaining` for many requests at once: one row of lengths each, and
+    one `level` for all or one per row.
 
     Per row, a piecewise-linear CDF through (0, 0) and (length at level, level): the
-    share already passed is read off it at `generated`, and the median of what is left is
-    read back. The levels are shared, so the way back is one search for all rows."""
+    share already passed is read off it at `generated`, and the quantile at `level` of
+    what is left is read back (a risk-aware plan asks for more than the median). The
+    levels are shared, so the way back is one search for all rows."""
     lengths = np.maximum.accumulate(np.asarray(quantiles, dtype=np.float64), axis=1)
     count, points = lengths.shape[0], lengths.shape[1] + 1
     levels = np.asarray(PLANNING_LEVELS, dtype=np.float64)
@@ -172,7 +177,7 @@ def conditional_remaining_rows(quantiles: npt.ArrayLike, generated: npt.ArrayLik
     share = np.minimum(np.maximum((done - x0) / np.where(x1 > x0, x1 - x0, 1.0), 0.0), 1.0)
     passed = np.where(x1 > x0, cdf[segment] + share * (cdf[segment + 1] - cdf[segment]),
                       cdf[segment + 1])  # fmt: skip
-    target = passed + 0.5 * (1.0 - passed)
+    target = passed + level * (1.0 - passed)
     # The length at `target`: F^-1 on the shared levels.
     back = np.minimum(np.searchsorted(cdf, target, side="right") - 1, points - 2)
     c0, c1 = cdf[back], cdf[back + 1]

@@ -122,16 +122,24 @@ class _Timeline:
             self.projection: Projection = same_work_as.projection
             self._runs = same_work_as._runs
         else:
-            needed = int(np.max(board.running.remaining_tokens, initial=1))
-            needed = max(needed, int(np.sum(board.queued.remaining_tokens)) + needed)
-            self.projection = project(board, max(1, min(horizon, needed)))
+            # Enough iterations for everyone to end: the longest running one, then every
+            # queued one in turn, from the latest any may start.
+            needed = (int(np.max(board.running.remaining_tokens, initial=1))
+                      + int(np.sum(queued.remaining_tokens))
+                      + int(np.max(queued.earliest_start, initial=0)))  # fmt: skip
+            self.projection = _until_idle(project(board, max(1, min(horizon, needed))))
         p = self.projection
         overflow = p.kv_blocks - board.kv_capacity_blocks
         self.kv_overflow_blocks = int(max(0, overflow.max(initial=0)))
         self.kv_overflow_iteration = int(np.argmax(overflow)) if self.kv_overflow_blocks else None
         # Gaps between the tokens still to come: a running request's next token follows
         # its last one (now); a queued request's first token (its prefill) opens its gaps.
-        self.tbt_gaps = (p.end - p.start).astype(np.float64)
+        # Its own promises are judged at its rest's planning quantile: its last token
+        # comes that many iterations later than the projection's expected end.
+        risk = np.concatenate([running.remaining_at_risk_tokens - running.remaining_tokens,
+                               queued.remaining_at_risk_tokens - queued.remaining_tokens])  # fmt: skip
+        self.last_token = p.end - 1 + np.maximum(risk, 0)
+        self.tbt_gaps = (self.last_token + 1 - p.start).astype(np.float64)
         self.tbt_gaps[self.running :] -= 1
         self._has_gaps = self.tbt_gaps > 0
         self._gaps_or_one = np.maximum(self.tbt_gaps, 1.0)
@@ -149,8 +157,8 @@ class _Timeline:
             np.maximum(p.start - last, 0),
         )
         self._end_inside, self._end_beyond = (
-            np.minimum(p.end - 1, last),
-            np.maximum(p.end - 1 - last, 0),
+            np.minimum(self.last_token, last),
+            np.maximum(self.last_token - last, 0),
         )
 
     def _runs_for(self, model: IterationTimes) -> _Runs:
@@ -236,7 +244,7 @@ class _Timeline:
 
         p = self.projection
         queued_first_s[rows.start - self.running :] = two_speed_end_s(p.start[rows])
-        last_s[rows] = two_speed_end_s(p.end[rows] - 1)
+        last_s[rows] = two_speed_end_s(self.last_token[rows])
 
     def _end_s(self, runs: _Runs, seconds: FloatArray, run_done_s: FloatArray,
                iterations: IntArray) -> FloatArray:  # fmt: skip
@@ -259,7 +267,7 @@ class _Timeline:
         seconds, done_s = self.times(model, clock_index)
         p = self.projection
         first_s = self.token_times(seconds, done_s, p.start)
-        last_s = self.token_times(seconds, done_s, p.end - 1)
+        last_s = self.token_times(seconds, done_s, self.last_token)
         runs = self._runs_for(model)
         run_seconds = runs.seconds(clock_index)
         run_done_s = self.board.now_s + np.cumsum(run_seconds * runs.lengths)
@@ -274,6 +282,19 @@ class _Timeline:
             tbt_miss_s=self._tbt_miss_s(first_s[self.running :], last_s),
             e2e_miss_s=last_s - self.e2e_deadline_s,
         )
+
+
+def _until_idle(projection: Projection) -> Projection:
+    """The projection up to its last busy iteration: a last token planned past it (a
+    long answer's risk) comes at the pace of the last busy one, not of an idle engine."""
+    busy = np.flatnonzero(projection.batch > 0)
+    if not len(busy) or busy[-1] + 1 == projection.horizon:
+        return projection
+    last = int(busy[-1]) + 1
+    return replace(projection, batch=projection.batch[:last],
+                   kv_blocks=projection.kv_blocks[:last],
+                   prefill_tokens=projection.prefill_tokens[:last],
+                   prefill_square_tokens=projection.prefill_square_tokens[:last])  # fmt: skip
 
 
 def check(

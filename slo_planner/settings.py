@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from predictor.board import SchedulerPolicy
 from slo_planner.admission import EngineShape
 from slo_planner.arrivals import ArrivalModel
+from slo_planner.length_risk import ConformalLevel
 
 
 class PlannerSettings(BaseModel):
@@ -51,6 +52,15 @@ class PlannerSettings(BaseModel):
         "count at the recent rate over the horizon: near capacity, bursts, not the mean, "
         "are what make first tokens wait.",
     )
+    governor_length_quantile: float = Field(
+        0.9,
+        ge=0.5,
+        lt=1,
+        description="Each request's own promises are planned on this quantile of its "
+        "remaining length (the batch on the median), the level calibrated online from the "
+        "requests that finish (adaptive conformal inference) so that this share of answers "
+        "really ends within it; 0.5 plans on the median.",
+    )
     prefill_us_per_token: float = Field(
         0.0,
         ge=0,
@@ -70,6 +80,12 @@ class PlannerSettings(BaseModel):
         if self.governor_arrival_horizon_s <= 0:
             return None
         return ArrivalModel(self.governor_arrival_horizon_s, self.governor_arrival_quantile)
+
+    def length_risk(self) -> ConformalLevel | None:
+        """The calibrated level the promises are planned at; None: the median."""
+        if self.governor_length_quantile <= 0.5:
+            return None
+        return ConformalLevel(self.governor_length_quantile)
 
     @property
     def engine_shape(self) -> EngineShape:

@@ -16,13 +16,15 @@ from slo_planner.remaining import remaining_tokens
 from slo_scoreboard.store import RequestEntry
 
 
-def board_of(entries: Sequence[RequestEntry], now_s: float, engine: EngineShape) -> Board:
+def board_of(entries: Sequence[RequestEntry], now_s: float, engine: EngineShape,
+             risk_level: float = 0.5) -> Board:  # fmt: skip
+    """`risk_level`: the quantile of each rest its own promises are judged on."""
     running = [e for e in entries if e.first_token_s is not None]
     waiting = sorted((e for e in entries if e.first_token_s is None), key=_arrival)
     return Board(
         now_s=now_s,
-        running=requests_of(running),
-        queued=requests_of(waiting),
+        running=requests_of(running, risk_level),
+        queued=requests_of(waiting, risk_level),
         max_batch=engine.max_batch,
         kv_capacity_blocks=engine.kv_capacity_blocks,
         tokens_per_block=engine.tokens_per_block,
@@ -30,12 +32,13 @@ def board_of(entries: Sequence[RequestEntry], now_s: float, engine: EngineShape)
     )
 
 
-def requests_of(entries: Sequence[RequestEntry]) -> Requests:
+def requests_of(entries: Sequence[RequestEntry], risk_level: float = 0.5) -> Requests:
     return Requests.of(
         arrival_s=[e.arrival_s for e in entries],
         prompt_tokens=[e.prompt_tokens for e in entries],
         generated_tokens=[e.generated_tokens for e in entries],
         remaining_tokens=_remaining(entries),
+        remaining_at_risk_tokens=_remaining(entries, risk_level),
         ttft_slo_s=[e.ttft_slo_s for e in entries],
         tbt_slo_s=[e.tbt_slo_s for e in entries],
         e2e_deadline_s=[e.e2e_deadline_s for e in entries],
@@ -43,9 +46,10 @@ def requests_of(entries: Sequence[RequestEntry]) -> Requests:
     )
 
 
-def _remaining(entries: Sequence[RequestEntry]) -> np.ndarray:
+def _remaining(entries: Sequence[RequestEntry], level: float = 0.5) -> np.ndarray:
     """The planner's rule (slo_planner/remaining.py), for entries with the prediction's
-    quantiles and for those with a point prediction (or none: max_tokens) apart."""
+    quantiles (at `level`) and for those with a point prediction (or none: max_tokens)
+    apart."""
     remaining = np.zeros(len(entries), dtype=np.int64)
     with_quantiles = [i for i, e in enumerate(entries) if e.length_quantiles]
     if with_quantiles:
@@ -55,6 +59,7 @@ def _remaining(entries: Sequence[RequestEntry]) -> np.ndarray:
             _ints([e.generated_tokens for e in chosen]),
             _ints([e.max_tokens for e in chosen]),
             np.array([e.length_quantiles for e in chosen], dtype=np.float64),
+            level,
         )
     point = [i for i, e in enumerate(entries) if not e.length_quantiles]
     if point:

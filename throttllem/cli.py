@@ -11,6 +11,7 @@ from typing import Any
 
 from throttllem.cli_frontier import add_frontier_command
 from throttllem.cli_predictors import (
+    add_length_coverage_bench,
     add_planner_bench,
     add_predictor_bench,
     add_profile_command,
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     twin_bench.add_argument("--profile", default=None, help="twin profile of the replay")
     twin_bench.set_defaults(handler=_bench_twin)
     add_predictor_bench(benches)
+    add_length_coverage_bench(benches)
     add_planner_bench(benches)
     add_projection_bench(benches)
     gateway_bench = benches.add_parser(

@@ -1,4 +1,5 @@
-"""The predictor commands: `profile`, `train performance|length`, `bench predictor`."""
+"""The predictor commands: `profile`, `train performance|length`, `bench predictor`,
+`bench length-coverage`."""
 
 from __future__ import annotations
 
@@ -126,6 +127,70 @@ def add_predictor_bench(benches: Subparsers) -> None:
         help="default: the shipped a100-40gb/llama-2-13b/tp1 model",
     )
     bench.set_defaults(handler=_bench_predictor)
+
+
+def add_length_coverage_bench(benches: Subparsers) -> None:
+    from throttllem.bench.length_coverage import CoverageOptions
+
+    defaults = CoverageOptions()
+    bench = benches.add_parser(
+        "length-coverage", help="coverage of the planned length quantiles, raw and calibrated",
+        description="Stream the AlpacaEval prompts (seeded shuffle) through each shipped length "
+        "model, on its own model's answers and on answers of models it was not trained on; per "
+        "nominal level, the coverage of the raw quantile and of the online-calibrated "
+        "(conformal) level after the first --calibration requests. Target: calibrated within "
+        "3 pp of nominal.",
+    )  # fmt: skip
+    bench.add_argument("--alpaca-eval", type=Path, default=defaults.alpaca_eval_dir,
+                       help=f"AlpacaEval answers, <model>.json (default: {defaults.alpaca_eval_dir})")  # fmt: skip
+    bench.add_argument(
+        "--pair",
+        action="append",
+        default=None,
+        metavar="LENGTH_MODEL:ANSWERS",
+        help="a shipped length model and an answers file (repeatable; default: each shipped "
+        "model on its own answers and on Mistral-7B, GPT-4 1106 and Qwen1.5-72B)",
+    )
+    bench.add_argument(
+        "--calibration",
+        type=int,
+        default=defaults.calibration,
+        help=f"requests seen before coverage counts (default: {defaults.calibration})",
+    )
+    bench.add_argument("--step", type=float, default=defaults.step,
+                       help=f"the conformal step (default: {defaults.step:g})")  # fmt: skip
+    bench.add_argument("--seed", type=int, default=defaults.seed, help="the shuffle shown")
+    bench.add_argument("--seeds", type=int, default=defaults.seeds,
+                       help=f"shuffles for the worst error (default: {defaults.seeds})")  # fmt: skip
+    bench.add_argument("--json", type=Path, default=None, help="write the report here")
+    bench.set_defaults(handler=_bench_length_coverage)
+
+
+def _bench_length_coverage(args: argparse.Namespace) -> int:
+    from predictor.errors import ModelFileError
+    from simulator.traces import TraceError
+    from throttllem.bench.length_coverage import (
+        DEFAULT_PAIRS,
+        CoverageOptions,
+        bench_length_coverage,
+    )
+
+    pairs = DEFAULT_PAIRS
+    if args.pair:
+        if not all(":" in pair for pair in args.pair):
+            print("throttllem bench length-coverage: --pair is LENGTH_MODEL:ANSWERS",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        pairs = tuple(tuple(pair.split(":", 1)) for pair in args.pair)
+    options = CoverageOptions(alpaca_eval_dir=args.alpaca_eval, pairs=pairs,
+                              calibration=args.calibration, step=args.step, seed=args.seed,
+                              seeds=args.seeds)  # fmt: skip
+    try:
+        bench_length_coverage(options, args.json)
+    except (ModelFileError, TraceError) as error:
+        print(f"throttllem bench length-coverage: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _profile(args: argparse.Namespace) -> int:

@@ -115,7 +115,8 @@ def planner_policy(settings: Settings) -> FrequencyPolicy:
     )
     return PlannerPolicy(store_reader(store), model, settings.engine_shape,
                          margin=settings.governor_margin,
-                         arrivals=settings.arrival_model())  # fmt: skip
+                         arrivals=settings.arrival_model(),
+                         length_risk=settings.length_risk())  # fmt: skip
 
 
 def governor_process(settings: Settings) -> GovernorProcess:

@@ -152,7 +152,8 @@ def embedded_governor(
     if planner is not None:
         policy = PlannerPolicy(store_reader(store), planner.model, planner.engine,
                                margin=settings.governor_margin,
-                               arrivals=settings.arrival_model())  # fmt: skip
+                               arrivals=settings.arrival_model(),
+                               length_risk=settings.length_risk())  # fmt: skip
     return ClockGovernor(
         gpus,
         policy,

@@ -63,6 +63,7 @@ def requests(draw, count: int, running: bool, now_s: float = 10.0) -> Requests:
         rows[-1]["max_tokens"] = (rows[-1]["generated_tokens"] + remaining
                                   + draw(st.sampled_from([0, 0, 50, 1000])))  # fmt: skip
         rows[-1]["earliest_start"] = 0 if running else draw(st.sampled_from([0, 0, 0, 7, 60]))
+        rows[-1]["remaining_at_risk_tokens"] = remaining + draw(st.sampled_from([0, 0, 30, 300]))
     return Requests.of(**{key: [row[key] for row in rows] for key in Requests.__dataclass_fields__})
 
 
@@ -122,6 +123,16 @@ def test_starting_the_search_near_the_last_clock_finds_the_same_clock(
 ):
     plain = lowest_frequency(board, MODEL, margin=margin)
     assert lowest_frequency(board, MODEL, margin=margin, near_index=near) == plain
+
+
+@FAST
+@given(boards())
+def test_the_check_agrees_with_the_plain_reference(board: Board):
+    for clock_index in (0, 40, len(CLOCKS_MHZ) - 1):
+        fast = check(board, MODEL, clock_index, DEFAULT_HORIZON)
+        plain = check_reference(board, MODEL, clock_index, DEFAULT_HORIZON)
+        assert fast.kv_overflow_blocks == plain.kv_overflow_blocks
+        assert np.allclose(fast.worst_miss_s, plain.worst_miss_s, atol=1e-6)
 
 
 @FAST

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -13,6 +14,7 @@ from predictor.shipped import performance_model_path
 from slo_planner.admission import EngineShape
 from slo_planner.clock import at_or_above
 from slo_planner.iteration_times import TableIterationTimes
+from slo_planner.length_risk import ConformalLevel
 from slo_scoreboard.store import MemoryStateStore, RequestEntry, Snapshot, StateStoreError
 
 SUPPORTED_MHZ = list(range(1410, 209, -15))  # the A100's, highest first
@@ -120,3 +122,25 @@ def test_a_model_clock_maps_to_the_nearest_supported_clock_at_or_above_it():
     assert at_or_above(990, [1410, 1005, 990, 210]) == 990
     assert at_or_above(1500, [1410, 1005, 990, 210]) == 1410
     assert at_or_above(100, [1410, 1005, 990, 210]) == 210
+
+
+async def test_the_planning_level_learns_from_the_requests_that_leave_the_board(model):
+    """Answers that run past their predicted 0.9 length raise the level the governor
+    plans each request's own promises at; the board it plans on then holds more."""
+    risk = ConformalLevel(0.9)
+    entries: list[RequestEntry] = []
+    policy = PlannerPolicy(lambda: _entries(entries), model, SHAPE, length_risk=risk)
+    now_s = time.time()
+    quantiles = (100, 120, 140, 150, 170)  # at PLANNING_LEVELS
+    for serial in range(40):
+        entries[:] = [replace(running(f"q{serial}", now_s, 0.2), length_quantiles=quantiles,
+                              max_tokens=2000, generated_tokens=300)]  # fmt: skip
+        await policy.target_clock_mhz(SUPPORTED_MHZ, now_s)
+    entries.clear()
+    await policy.target_clock_mhz(SUPPORTED_MHZ, now_s)
+    assert risk.observed == 40 and risk.covered == 0  # each ran 300 tokens, past 170
+    assert risk.level > 0.99  # raised from 0.9 by each miss, to its cap
+
+
+async def _entries(entries: list[RequestEntry]) -> list[RequestEntry]:
+    return list(entries)

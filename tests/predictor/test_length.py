@@ -136,3 +136,33 @@ def test_the_rest_of_an_answer_is_its_median_given_what_it_has_generated():
         conditional_remaining(lengths, 300),
         conditional_remaining((10, 20, 30, 40, 50), 5),
     ]
+
+
+def test_the_rest_at_a_level_is_that_quantile_of_what_is_left():
+    from predictor.length import conditional_remaining, conditional_remaining_rows
+
+    lengths = (300, 420, 600, 750, 1100)  # at 50, 75, 90, 95, 99 %
+    rng = np.random.default_rng(3)
+    rows = np.sort(rng.integers(1, 3000, (200, 5)), axis=1)
+    generated = rng.integers(0, 4000, 200)
+    # The default is the median, exactly as before the level existed.
+    assert np.array_equal(
+        conditional_remaining_rows(rows, generated, 0.5),
+        conditional_remaining_rows(rows, generated),
+    )
+    # With nothing generated, a planning level reads back the length predicted at it.
+    assert conditional_remaining(lengths, 0, 0.9) == 600
+    assert conditional_remaining(lengths, 0, 0.99) == 1100
+    # Having passed the median, the 90 % of what is left ends at the 95 % length.
+    assert conditional_remaining(lengths, 300, 0.9) == 750 - 300
+    assert conditional_remaining(lengths, 0, 0.995) > 1100  # past the last level: its slope
+    # A higher level never asks for less: monotone in the level, for every row.
+    rests = np.stack([conditional_remaining_rows(rows, generated, level)
+                      for level in (0.05, 0.3, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995)])  # fmt: skip
+    assert np.all(np.diff(rests, axis=0) >= 0)
+    assert np.all(rests[-1] > rests[2])  # and past the median it asks for strictly more
+    # One level per row is the same as each row on its own.
+    levels = rng.uniform(0.05, 0.995, 200)
+    each = [conditional_remaining(tuple(row), int(g), float(level))
+            for row, g, level in zip(rows, generated, levels, strict=True)]  # fmt: skip
+    assert list(conditional_remaining_rows(rows, generated, levels)) == each

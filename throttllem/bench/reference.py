@@ -17,6 +17,8 @@ def check_reference(
     board: Board, model: IterationTimes, clock_index: int, horizon: int
 ) -> CheckResult:
     projection = project_reference(board, horizon)
+    busy = [t for t, batch in enumerate(projection.batch) if batch > 0]
+    horizon = busy[-1] + 1 if busy else horizon  # past the last busy one, at its pace
     requests = board.running.append(board.queued)
     running = len(board.running)
     done_s, now_s = [], board.now_s
@@ -31,6 +33,9 @@ def check_reference(
     ttft, tbt, e2e = [], [], []
     for index in range(len(requests)):
         start, end = int(projection.start[index]), int(projection.end[index])
+        end += max(
+            0, int(requests.remaining_at_risk_tokens[index] - requests.remaining_tokens[index])
+        )
         first_s = _ends_at(done_s, start)
         last_s = _ends_at(done_s, end - 1)
         queued = index >= running

@@ -48,6 +48,7 @@ from slo_planner.clock_steps import ClockSteps
 from slo_planner.feasibility import IterationTimes
 from slo_planner.remaining import remaining_tokens
 from slo_planner.scaling import EngineSize, ScalingPolicy, ScalingSteps
+from slo_planner.settings import PlannerSettings
 from throttllem.replay.policies import EngineLoad, Policy
 from throttllem.replay.scaling import ScaleSetup
 from throttllem.replay.workload import Workload
@@ -55,6 +56,7 @@ from throttllem.replay.workload import Workload
 _GOVERNOR = GovernorSettings()  # the defaults a deployment runs with
 WINDOW_S = _GOVERNOR.governor_window_ms / 1000  # the governor's decision window
 MIN_DWELL_S = _GOVERNOR.governor_min_dwell_ms / 1000  # least time between two lowerings
+_PLANNER = PlannerSettings()
 
 
 @dataclass(frozen=True)
@@ -118,23 +120,40 @@ class _Requests:
         self.finished_s = np.full(n, math.nan)
         self.admitted_s = np.full(n, math.nan)  # when it entered an engine
         self.prefill_start_s = np.full(n, math.nan)  # when its first iteration began
+        # Each request's own promises are planned on a calibrated quantile of its rest,
+        # as the live governor does; the replay calibrates on each answer's true length.
+        self.length_risk = _PLANNER.length_risk() if quantiles is not None else None
 
     def rows(self, indices: np.ndarray) -> Requests:
-        return self._rows(indices, self._remaining(indices))
+        return self._rows(indices, *self._remaining(indices))
 
     def split_rows(self, first: np.ndarray, then: np.ndarray) -> tuple[Requests, Requests]:
         """`rows` of two groups, their predictions computed in one pass."""
-        remaining = self._remaining(np.concatenate([first, then]))
-        return self._rows(first, remaining[: len(first)]), self._rows(then, remaining[len(first) :])
+        remaining, at_risk = self._remaining(np.concatenate([first, then]))
+        cut = len(first)
+        return (self._rows(first, remaining[:cut], at_risk[:cut]),
+                self._rows(then, remaining[cut:], at_risk[cut:]))  # fmt: skip
 
-    def _remaining(self, indices: np.ndarray) -> np.ndarray:
+    def _remaining(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The gateway's rule, on the quantiles of the length prediction (or, for the
-        oracle, the true lengths as the point prediction)."""
+        oracle, the true lengths as the point prediction): the expected rest, and the
+        rest at the planning level its own promises are judged on."""
         quantiles = None if self.quantiles is None else self.quantiles[indices]
-        return remaining_tokens(self.max_tokens[indices], self.generated[indices],
-                                self.believed[indices], quantiles)  # fmt: skip
+        arguments = (self.max_tokens[indices], self.generated[indices], self.believed[indices],
+                     quantiles)  # fmt: skip
+        expected = remaining_tokens(*arguments)
+        if self.length_risk is None:
+            return expected, expected
+        at_risk = remaining_tokens(*arguments, self.length_risk.level)
+        return expected, np.maximum(expected, at_risk)
 
-    def _rows(self, indices: np.ndarray, remaining: np.ndarray) -> Requests:
+    def finished(self, index: int, now_s: float) -> None:
+        self.finished_s[index] = now_s
+        if self.length_risk is not None and self.quantiles is not None:
+            self.length_risk.observe(self.quantiles[index].tolist(), int(self.outputs[index]))
+
+    def _rows(self, indices: np.ndarray, remaining: np.ndarray,
+              at_risk: np.ndarray) -> Requests:  # fmt: skip
         count, slo = len(indices), self.slo
         return Requests(
             arrival_s=self.arrival_s[indices].astype(np.float64),
@@ -145,6 +164,7 @@ class _Requests:
             tbt_slo_s=np.full(count, slo.tbt_s),
             e2e_deadline_s=self.arrival_s[indices] + slo.e2e_s,  # inf: none of its own
             max_tokens=self.max_tokens[indices],
+            remaining_at_risk_tokens=at_risk,
         )
 
 
@@ -228,7 +248,7 @@ class _Instance:
             requests.last_s[index] = now_s
         for request_id in result.finished:
             index = int(request_id)
-            requests.finished_s[index] = now_s
+            requests.finished(index, now_s)
             del self.active[index]
             changed = True
         if changed:
