@@ -10,7 +10,9 @@ What is expected comes from what was seen: each board the planner is shown revea
 requests that arrived since the last (those whose arrival is later than any seen
 before). Their count over the last `RATE_WINDOW_S` gives the rate, and the last
 `MIX_SIZE` of them the mix of prompts, lengths, limits and promises. The expected
-arrivals are a quantile of the Poisson count at that rate over the horizon, evenly
+arrivals are a quantile of the count over the horizon: of a Poisson count at that rate,
+or, if larger, of the counts seen in spans of one horizon over the last
+`BURST_WINDOW_S` (traces come in bursts a Poisson process does not have), evenly
 spaced over it, each a request of the mix at evenly spaced quantiles of its length (so
 a few stand for the mix, not for its median). None may start before the iteration in
 which it arrives (at the engine's present pace): one planned as if present now would
@@ -34,6 +36,7 @@ from predictor.board import Board, Requests
 
 RATE_WINDOW_S = 10.0  # short enough to follow a burst, long enough to see one
 MIX_SIZE = 256
+BURST_WINDOW_S = 60.0  # the recent past whose bursts the count must cover
 MIN_SPAN_S = 5.0  # the rate is never measured over less, so one arrival is not a burst
 
 
@@ -67,7 +70,8 @@ class ArrivalModel:
             fresh = np.flatnonzero(part.arrival_s > self._last_arrival_s)
             for row in fresh[np.argsort(part.arrival_s[fresh], kind="stable")]:
                 self._note(part, int(row))
-        while self._arrivals_s and self._arrivals_s[0] < board.now_s - RATE_WINDOW_S:
+        kept_s = max(RATE_WINDOW_S, BURST_WINDOW_S)
+        while self._arrivals_s and self._arrivals_s[0] < board.now_s - kept_s:
             self._arrivals_s.popleft()
 
     def _note(self, part: Requests, row: int) -> None:
@@ -84,18 +88,29 @@ class ArrivalModel:
             e2e_budget_s=float(part.e2e_deadline_s[row] - arrival_s),
         ))  # fmt: skip
 
+    def _burst_count(self, now_s: float) -> int:
+        """The quantile of the arrivals seen in one horizon's span, over the spans that
+        begin at each arrival of the last `BURST_WINDOW_S`: what a burst brought."""
+        times_s = np.array(self._arrivals_s)
+        times_s = times_s[(times_s >= now_s - BURST_WINDOW_S) & (times_s <= now_s)]
+        if len(times_s) < 2:
+            return 0
+        ends = np.searchsorted(times_s, times_s + self.horizon_s, side="right")
+        return int(np.quantile(ends - np.arange(len(times_s)), self.count_quantile))
+
     def rate_rps(self, now_s: float) -> float:
         if self._first_seen_s is None or not self._arrivals_s:
             return 0.0
         span_s = max(MIN_SPAN_S, min(RATE_WINDOW_S, now_s - self._first_seen_s))
-        recent = sum(1 for arrival_s in self._arrivals_s if arrival_s >= now_s - span_s)
+        recent = sum(1 for arrival_s in self._arrivals_s if now_s - span_s <= arrival_s <= now_s)
         return recent / span_s
 
     def expected(self, now_s: float, seconds_per_iteration: float) -> Requests:
         """The requests expected over the horizon from `now_s`, as queued rows; none
         starts before the iteration in which it arrives, at `seconds_per_iteration`."""
         rate = self.rate_rps(now_s)
-        count = poisson_quantile(rate * self.horizon_s, self.count_quantile)
+        count = max(poisson_quantile(rate * self.horizon_s, self.count_quantile),
+                    self._burst_count(now_s))  # fmt: skip
         if count == 0 or not self._mix:
             return Requests()
         by_length = sorted(self._mix, key=lambda seen: seen.length_tokens)

@@ -127,7 +127,11 @@ class _Timeline:
             needed = (int(np.max(board.running.remaining_tokens, initial=1))
                       + int(np.sum(queued.remaining_tokens))
                       + int(np.max(queued.earliest_start, initial=0)))  # fmt: skip
-            self.projection = _until_idle(project(board, max(1, min(horizon, needed))))
+            projected = project(board, max(1, min(horizon, needed)))
+            last_end = int(np.max(projected.end, initial=0))
+            if projected.horizon < min(horizon, last_end):  # pauses ran some past the bound
+                projected = project(board, min(horizon, last_end))
+            self.projection = _until_idle(projected)
         p = self.projection
         overflow = p.kv_blocks - board.kv_capacity_blocks
         self.kv_overflow_blocks = int(max(0, overflow.max(initial=0)))
@@ -213,10 +217,14 @@ class _Timeline:
                                queued_first_s: FloatArray, last_s: FloatArray) -> None:  # fmt: skip
         """Rewrite the expected arrivals' first and last token times (in place): the
         iterations before each one's arrival run at `clock_index`, those from then on at
-        the highest clock, to which the governor moves when the board needs it."""
+        the highest clock, to which the governor moves when the board needs it. Each is
+        served from the first iteration after its arrival at this clock, or, if the
+        projection had it wait past its `earliest_start` for a slot or a reservation,
+        from when that frees: its `earliest_start` was only estimated at the engine's
+        present pace, and a lower clock reaches the arrival in fewer iterations."""
         rows = self.expected
         top = len(model.clocks_mhz) - 1
-        if rows.start == rows.stop or clock_index >= top:
+        if rows.start == rows.stop:
             return
         top_seconds = runs.seconds(top)
         top_done_s = self.board.now_s + np.cumsum(top_seconds * runs.lengths)
@@ -243,8 +251,15 @@ class _Timeline:
             return ended_s
 
         p = self.projection
-        queued_first_s[rows.start - self.running :] = two_speed_end_s(p.start[rows])
-        last_s[rows] = two_speed_end_s(self.last_token[rows])
+        start, earliest = (
+            p.start[rows],
+            self.board.queued.earliest_start[rows.start - self.running :],
+        )
+        # Waiting for a slot or a reservation ends at an iteration, whatever the clock;
+        # one that waited for nothing but its estimated arrival starts at the real one.
+        first = np.where(start > earliest, np.maximum(start, switch), switch)
+        queued_first_s[rows.start - self.running :] = two_speed_end_s(first)
+        last_s[rows] = two_speed_end_s(self.last_token[rows] + first - start)
 
     def _end_s(self, runs: _Runs, seconds: FloatArray, run_done_s: FloatArray,
                iterations: IntArray) -> FloatArray:  # fmt: skip

@@ -108,3 +108,15 @@ def test_near_capacity_the_clock_leaves_room_for_the_next_arrivals():
     plain = ClockPlanner(MODEL).choose(board, CLOCKS_MHZ)
     aware = ClockPlanner(MODEL, arrivals=seen).choose(board, CLOCKS_MHZ)
     assert aware.clock_mhz > plain.clock_mhz
+
+
+def test_a_burst_seen_lately_is_expected_again_though_the_mean_rate_is_low():
+    """Ten arrivals within a second, 40 s ago: the rate over the last 10 s is nil, but
+    the count planned for the next 4 s covers a burst like it."""
+    model = ArrivalModel(horizon_s=4.0, count_quantile=0.9)
+    burst = [60.0 + 0.1 * i for i in range(10)]
+    model.observe(board_at(61.0, request_rows(burst)))
+    model.observe(board_at(100.0, request_rows([99.0])))
+    assert model.rate_rps(100.0) == pytest.approx(0.1)
+    assert poisson_quantile(0.4, 0.9) <= 1
+    assert len(model.expected(100.0, 0.02)) >= 8  # the 0.9 quantile of the spans seen

@@ -129,8 +129,8 @@ def project_reference(board: Board, horizon: int) -> Projection:
             head = waiting[0]
             if t < earliest[head]:
                 break
-            if reserving:
-                if sum(reserves[row] for row in active) + reserves[head] > capacity:
+            if reserving:  # one that could never fit starts alone (the engine refuses it)
+                if active and sum(reserves[row] for row in active) + reserves[head] > capacity:
                     break
             elif used + blocks_now(head) > capacity:
                 break
