@@ -61,6 +61,7 @@ class ArrivalModel:
         self._first_seen_s: float | None = None
         self._arrivals_s: deque[float] = deque()
         self._mix: deque[_Seen] = deque(maxlen=MIX_SIZE)
+        self._by_length: list[_Seen] | None = None  # the mix sorted, until it changes
 
     def observe(self, board: Board) -> None:
         """Take note of the requests on `board` that arrived since the last one shown."""
@@ -78,6 +79,7 @@ class ArrivalModel:
         arrival_s = float(part.arrival_s[row])
         self._last_arrival_s = max(self._last_arrival_s, arrival_s)
         self._arrivals_s.append(arrival_s)
+        self._by_length = None
         self._mix.append(_Seen(
             arrival_s=arrival_s,
             prompt_tokens=int(part.prompt_tokens[row]),
@@ -113,7 +115,9 @@ class ArrivalModel:
                     self._burst_count(now_s))  # fmt: skip
         if count == 0 or not self._mix:
             return Requests()
-        by_length = sorted(self._mix, key=lambda seen: seen.length_tokens)
+        if self._by_length is None:
+            self._by_length = sorted(self._mix, key=lambda seen: seen.length_tokens)
+        by_length = self._by_length
         ranks = ((np.arange(count) + 0.5) / count * len(by_length)).astype(np.int64)
         chosen = [by_length[ranks[i]] for i in _short_and_long_in_turn(count)]
         arrival_s = now_s + (np.arange(count) + 1) * (self.horizon_s / count)

@@ -117,6 +117,7 @@ class _Timeline:
         self.board = board
         self.running = len(board.running)
         self.expected = slice(board.size - board.expected_rows, board.size)
+        self._top: tuple[_Runs, FloatArray, FloatArray] | None = None
         self._runs: tuple[IterationTimes, _Runs] | None = None
         if same_work_as is not None:
             self.projection: Projection = same_work_as.projection
@@ -226,8 +227,7 @@ class _Timeline:
         top = len(model.clocks_mhz) - 1
         if rows.start == rows.stop:
             return
-        top_seconds = runs.seconds(top)
-        top_done_s = self.board.now_s + np.cumsum(top_seconds * runs.lengths)
+        top_seconds, top_done_s = self._top_pace(model, runs, top)
         arrival_s = self.board.queued.arrival_s[rows.start - self.running :]
         # The first iteration at the highest clock: the first to start after the arrival.
         ended = np.searchsorted(run_done_s, arrival_s, side="right")  # runs over by then
@@ -239,17 +239,6 @@ class _Timeline:
         inside = ended < len(run_done_s)
         switch = np.where(inside, runs.starts[run] + np.minimum(into, runs.lengths[run]),
                           self.projection.horizon + into)  # fmt: skip
-        switch_s = self._end_s(runs, seconds, run_done_s, switch - 1)
-        top_switch_s = self._end_s(runs, top_seconds, top_done_s, switch - 1)
-
-        def two_speed_end_s(iterations: IntArray) -> FloatArray:
-            slow_s = self._end_s(runs, seconds, run_done_s, iterations)
-            fast_s = (
-                switch_s + self._end_s(runs, top_seconds, top_done_s, iterations) - top_switch_s
-            )
-            ended_s: FloatArray = np.where(iterations >= switch, fast_s, slow_s)
-            return ended_s
-
         p = self.projection
         start, earliest = (
             p.start[rows],
@@ -258,8 +247,29 @@ class _Timeline:
         # Waiting for a slot or a reservation ends at an iteration, whatever the clock;
         # one that waited for nothing but its estimated arrival starts at the real one.
         first = np.where(start > earliest, np.maximum(start, switch), switch)
-        queued_first_s[rows.start - self.running :] = two_speed_end_s(first)
-        last_s[rows] = two_speed_end_s(self.last_token[rows] + first - start)
+        last = self.last_token[rows] + first - start
+        # When the switch, the first and the last iterations end, at both paces at once.
+        count = len(switch)
+        iterations = np.concatenate([switch - 1, first, last])
+        slow_s = self._end_s(runs, seconds, run_done_s, iterations)
+        fast_s = self._end_s(runs, top_seconds, top_done_s, iterations)
+        switch_s, top_switch_s = slow_s[:count], fast_s[:count]
+        two_speed_s = switch_s + fast_s[count:].reshape(2, count) - top_switch_s
+        queued_first_s[rows.start - self.running :] = two_speed_s[0]
+        last_s[rows] = two_speed_s[1]
+
+    def _top_pace(
+        self, model: IterationTimes, runs: _Runs, top: int
+    ) -> tuple[FloatArray, FloatArray]:
+        """Each run's seconds per iteration at the highest clock, and when each ends."""
+        if self._top is None or self._top[0] is not runs:
+            top_seconds = runs.seconds(top)
+            self._top = (
+                runs,
+                top_seconds,
+                self.board.now_s + np.cumsum(top_seconds * runs.lengths),
+            )
+        return self._top[1], self._top[2]
 
     def _end_s(self, runs: _Runs, seconds: FloatArray, run_done_s: FloatArray,
                iterations: IntArray) -> FloatArray:  # fmt: skip
