@@ -50,9 +50,10 @@ class Requests:
     # The first iteration it may start in: 0 for a request that has arrived; later for
     # one expected to arrive.
     earliest_start: IntArray = field(default_factory=_ints)
-    # Its rest at the planning quantile of its length (>= remaining_tokens): the batch is
-    # projected on the expected rest, and its own promises are checked as if it ran this
-    # long, so that a long answer's deadline is safe with the planned probability.
+    # Its rest at the planning quantile of its length: the batch is projected on the
+    # expected rest, and its own promises are checked as if it ran this long (or the
+    # expected rest, if longer), so that a long answer's deadline is safe with the
+    # planned probability.
     remaining_at_risk_tokens: IntArray = field(default_factory=_ints)
 
     def __post_init__(self) -> None:

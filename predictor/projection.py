@@ -62,7 +62,7 @@ def slot_starts(board: Board) -> IntArray:
     queued = len(board.queued)
     earliest = board.queued.earliest_start
     if queued <= free_now:  # everyone fits at once, or when it comes
-        return np.maximum.accumulate(earliest) if queued else np.zeros(0, dtype=np.int64)
+        return np.maximum.accumulate(earliest)
     # Only the slots the queue will ever see matter: the free ones and the earliest ends.
     ends = np.sort(board.running.remaining_tokens)[: queued - max(free_now, 0)].tolist()
     slots = [0] * max(free_now, 0) + ends  # sorted, so already a heap
@@ -85,7 +85,7 @@ def reserved_starts(board: Board) -> IntArray:
     free_now = board.max_batch - len(board.running)
     earliest = board.queued.earliest_start
     if len(board.queued) <= free_now and reserved + int(queued_reserved.sum()) <= capacity:
-        return np.maximum.accumulate(earliest) if len(earliest) else np.zeros(0, dtype=np.int64)
+        return np.maximum.accumulate(earliest)
     ends = list(zip(board.running.remaining_tokens.tolist(), running_reserved.tolist(),
                     strict=True))  # fmt: skip
     heapq.heapify(ends)
@@ -163,7 +163,7 @@ def _timeline(board: Board, horizon: int, queued_start: IntArray) -> Projection:
 
 @dataclass
 class _Stepped:
-    """One request in the step-by-step projection; `generated` counts from the board's now."""
+    """One request in the step-by-step projection, as of when it was last scheduled."""
 
     row: int
     context_tokens: int  # when it was last scheduled

@@ -16,9 +16,9 @@ or, if larger, of the counts seen in spans of one horizon over the last
 spaced over it, each a request of the mix at evenly spaced quantiles of its length (so
 a few stand for the mix, not for its median). None may start before the iteration in
 which it arrives (at the engine's present pace): one planned as if present now would
-slow the real requests with work that is not there yet. Each is queued behind the real requests with its own
-promises counted from its expected arrival, and planned to be served from then on at
-the highest clock: the governor re-plans when it really comes, so the clock now needs
+slow the real requests with work that is not there yet. Each is queued behind the real
+requests with its own promises counted from its expected arrival, and planned to be
+served from then on at the highest clock: the governor re-plans when it really comes, so the clock now needs
 only to keep its promises possible then, not to keep them at the clock chosen now.
 At low load the expected requests start at once in free slots, long before their
 deadlines, and cost nothing.
@@ -42,7 +42,6 @@ MIN_SPAN_S = 5.0  # the rate is never measured over less, so one arrival is not 
 
 @dataclass(frozen=True)
 class _Seen:
-    arrival_s: float
     prompt_tokens: int
     length_tokens: int  # believed when first seen: generated + remaining
     max_tokens: int
@@ -53,8 +52,9 @@ class _Seen:
 
 class ArrivalModel:
     def __init__(self, horizon_s: float, count_quantile: float = 0.5) -> None:
-        """`count_quantile`: plan for the count of arrivals over the horizon that a
-        Poisson process at the measured rate exceeds with probability 1 - quantile."""
+        """`count_quantile`: plan for this quantile of the count of arrivals over the
+        horizon, of a Poisson process at the measured rate or, if more, of the counts
+        seen over spans of one horizon lately."""
         self.horizon_s = horizon_s
         self.count_quantile = count_quantile
         self._last_arrival_s = -math.inf
@@ -81,7 +81,6 @@ class ArrivalModel:
         self._arrivals_s.append(arrival_s)
         self._by_length = None
         self._mix.append(_Seen(
-            arrival_s=arrival_s,
             prompt_tokens=int(part.prompt_tokens[row]),
             length_tokens=int(part.generated_tokens[row] + part.remaining_tokens[row]),
             max_tokens=int(part.max_tokens[row]),
@@ -134,8 +133,7 @@ class ArrivalModel:
         )
 
     def with_expected(self, board: Board, seconds_per_iteration: float) -> Board:
-        """`board` (observed) with the expected arrivals queued behind its requests."""
-        self.observe(board)
+        """`board` (already observed) with the expected arrivals queued behind it."""
         expected = self.expected(board.now_s, seconds_per_iteration)
         return board.with_expected(expected) if len(expected) else board
 

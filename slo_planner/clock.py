@@ -55,13 +55,15 @@ class ClockPlanner:
         self._previous: FrequencyDecision | None = None
 
     def choose(self, board: Board, supported_clocks_mhz: Sequence[int]) -> ClockChoice:
+        if self.arrivals is not None:
+            self.arrivals.observe(board)
+        if board.size == 0:
+            return ClockChoice(max(supported_clocks_mhz), "empty board")
         near = self._previous.clock_index if self._previous is not None else None
         planned = board
         if self.arrivals is not None:
             pace_s = self._seconds_per_iteration(board, near)
             planned = self.arrivals.with_expected(board, pace_s)
-        if board.size == 0:
-            return ClockChoice(max(supported_clocks_mhz), "empty board")
         decision = lowest_frequency(planned, self.model, self.horizon, self.margin, near)
         self._previous = decision
         reason = "planned, lost promises renegotiated" if decision.lost else "planned"

@@ -293,12 +293,13 @@ class _Timeline:
         p = self.projection
         first_s = self.token_times(seconds, done_s, p.start)
         last_s = self.token_times(seconds, done_s, self.last_token)
-        runs = self._runs_for(model)
-        run_seconds = runs.seconds(clock_index)
-        run_done_s = self.board.now_s + np.cumsum(run_seconds * runs.lengths)
-        queued_first_s = first_s[self.running :]  # a view: rewritten in place
-        self._serve_expected_at_top(model, clock_index, runs, run_seconds, run_done_s,
-                                    queued_first_s, last_s)  # fmt: skip
+        if self.board.expected_rows:
+            runs = self._runs_for(model)
+            run_seconds = runs.seconds(clock_index)
+            run_done_s = self.board.now_s + np.cumsum(run_seconds * runs.lengths)
+            queued_first_s = first_s[self.running :]  # a view: rewritten in place
+            self._serve_expected_at_top(model, clock_index, runs, run_seconds, run_done_s,
+                                        queued_first_s, last_s)  # fmt: skip
         return CheckResult(
             clock_index=clock_index,
             kv_overflow_blocks=self.kv_overflow_blocks,

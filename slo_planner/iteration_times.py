@@ -74,11 +74,12 @@ class TableIterationTimes:
         square_s = self._prefill_square_s
 
         prefilling = run_prefill > 0
+        any_prefill = bool(prefilling.any())
 
         def run_seconds(clock_index: int) -> FloatArray:
             at_clock: FloatArray = by_clock[clock_index]
             decode_s: FloatArray = at_clock[run_columns] * run_scale
-            if not prefilling.any():
+            if not any_prefill:
                 return decode_s
             lone_s = (
                 at_clock[0]

@@ -33,12 +33,13 @@ def board_of(entries: Sequence[RequestEntry], now_s: float, engine: EngineShape,
 
 
 def requests_of(entries: Sequence[RequestEntry], risk_level: float = 0.5) -> Requests:
+    expected = _remaining(entries)
     return Requests.of(
         arrival_s=[e.arrival_s for e in entries],
         prompt_tokens=[e.prompt_tokens for e in entries],
         generated_tokens=[e.generated_tokens for e in entries],
-        remaining_tokens=_remaining(entries),
-        remaining_at_risk_tokens=_remaining(entries, risk_level),
+        remaining_tokens=expected,
+        remaining_at_risk_tokens=expected if risk_level == 0.5 else _remaining(entries, risk_level),
         ttft_slo_s=[e.ttft_slo_s for e in entries],
         tbt_slo_s=[e.tbt_slo_s for e in entries],
         e2e_deadline_s=[e.e2e_deadline_s for e in entries],

@@ -2,7 +2,8 @@
 
 Random boards under both scheduler policies: the twin's engine is given the running
 requests (they are scheduled in its first iteration), then the queued ones; the planner's
-board is read off the engine's state, and the projection must foresee every later
+board is read off the engine's state (as `throttllem bench projection` reads it), and
+the projection must foresee every later
 iteration exactly: the batch, the KV blocks in use, the prefilled tokens, and when each
 request starts and ends.
 """
@@ -15,10 +16,12 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from predictor.board import Board, Requests, SchedulerPolicy
+from predictor.board import SchedulerPolicy
 from predictor.projection import project
 from simulator.engine import Engine, EngineRequest
 from simulator.profile import load_profile
+from throttllem.bench.projection import true_board
+from throttllem.replay.simulate import Slo
 
 PROFILE = load_profile("a100-40gb/llama-2-13b/tp1")
 
@@ -32,32 +35,6 @@ def shapes(draw, count: int) -> list[tuple[int, int, int, int]]:
         rows.append((draw(st.integers(1, 300)), draw(st.integers(0, output - 1)), output,
                      output + draw(st.sampled_from([0, 0, 20, 200]))))  # fmt: skip
     return rows
-
-
-def board_of(engine: Engine, running: list[EngineRequest], queued: list[EngineRequest],
-             policy: SchedulerPolicy) -> Board:  # fmt: skip
-    def rows(requests: list[EngineRequest], generated: list[int]) -> Requests:
-        return Requests.of(
-            arrival_s=[0.0] * len(requests),
-            prompt_tokens=[r.prompt_tokens for r in requests],
-            generated_tokens=generated,
-            remaining_tokens=[r.output_tokens - g for r, g in zip(requests, generated, strict=True)],
-            ttft_slo_s=[1.0] * len(requests),
-            tbt_slo_s=[1.0] * len(requests),
-            e2e_deadline_s=[100.0] * len(requests),
-            max_tokens=[r.max_tokens for r in requests],
-        )  # fmt: skip
-
-    done = engine.iterations
-    return Board(
-        now_s=0.0,
-        running=rows(running, [r.generated_after(done) for r in running]),
-        queued=rows(queued, [r.generated_tokens for r in queued]),
-        max_batch=engine.profile.max_batch_size,
-        kv_capacity_blocks=engine.kv_capacity_blocks,
-        tokens_per_block=engine.profile.tokens_per_block,
-        scheduler_policy=policy,
-    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,7 +63,9 @@ def test_the_projection_foresees_the_twins_schedule_exactly(
     waiting = [EngineRequest(f"q{i}", p, m, o) for i, (p, _, o, m) in enumerate(queued)]
     for request in waiting:
         engine.submit(request)
-    board = board_of(engine, in_batch, waiting, policy)
+    arrivals_s = {r.request_id: 0.0 for r in in_batch + waiting}
+    board, ids = true_board(engine, 0.0, policy, arrivals_s, Slo(1.0, 1.0, 100.0))
+    assert ids == [r.request_id for r in in_batch + waiting]
     horizon = int(board.running.remaining_tokens.sum() + board.queued.remaining_tokens.sum()) + 1
     projected = project(board, horizon)
 

@@ -144,8 +144,7 @@ class _Requests:
         expected = remaining_tokens(*arguments)
         if self.length_risk is None:
             return expected, expected
-        at_risk = remaining_tokens(*arguments, self.length_risk.level)
-        return expected, np.maximum(expected, at_risk)
+        return expected, remaining_tokens(*arguments, self.length_risk.level)
 
     def finished(self, index: int, now_s: float) -> None:
         self.finished_s[index] = now_s
