@@ -119,6 +119,7 @@ class _Timeline:
         self.expected = slice(board.size - board.expected_rows, board.size)
         self._top: tuple[_Runs, FloatArray, FloatArray] | None = None
         self._runs: tuple[IterationTimes, _Runs] | None = None
+        self._verdicts: tuple[IterationTimes | None, dict[int, bool]] = (None, {})
         if same_work_as is not None:
             self.projection: Projection = same_work_as.projection
             self._runs = same_work_as._runs
@@ -192,9 +193,18 @@ class _Timeline:
         return done_s[inside] + beyond * pace
 
     def feasible(self, model: IterationTimes, clock_index: int) -> bool:
-        """The same verdict as `check(...).feasible`, computed per run of equal iterations."""
+        """The same verdict as `check(...).feasible`, computed per run of equal iterations;
+        each clock's verdict once (a search asks the highest clock more than once)."""
         if self.kv_overflow_blocks:
             return False
+        if self._verdicts[0] is not model:
+            self._verdicts = (model, {})
+        verdicts = self._verdicts[1]
+        if clock_index not in verdicts:
+            verdicts[clock_index] = self._feasible(model, clock_index)
+        return verdicts[clock_index]
+
+    def _feasible(self, model: IterationTimes, clock_index: int) -> bool:
         runs = self._runs_for(model)
         seconds = runs.seconds(clock_index)
         run_done_s = self.board.now_s + np.cumsum(seconds * runs.lengths)

@@ -45,7 +45,8 @@ def add_replay_command(commands: Subparsers) -> None:
     replay.add_argument("--duration-s", type=float, default=None,
                         help="replay only the first seconds of the scaled trace")  # fmt: skip
     replay.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
-                        help="comma-separated: max, static:<MHz>, static-best, reactive, "
+                        help="comma-separated: max, max-largest, static:<MHz>, static-best, "
+                        "reactive, "
                         "slo-feedback, power-cap:<W>, power-cap-best, throttllem, "
                         "throttllem+scale, oracle")  # fmt: skip
     replay.add_argument("--lengths", default="noisy:0.3",

@@ -54,6 +54,12 @@ def test_every_cell_has_every_field_and_every_policy(frontier_run: tuple[dict, P
         assert cell["policies"]["max"]["misses"]["predicted_too_short"] is None
         assert cell["policies"]["power-cap-best"]["clock"].startswith("power-cap:")
         assert cell["policies"]["static-best"]["clock"].startswith("static:")
+        assert cell["policies"]["max-largest"]["mean_gpus"] == pytest.approx(4)  # TP4
+        largest_j = cell["policies"]["max-largest"]["energy_j"]
+        scaled_j = cell["policies"]["throttllem+scale"]["energy_j"]
+        assert cell["scale_vs_largest_energy_pct"] == pytest.approx(
+            (scaled_j / largest_j - 1) * 100
+        )
 
 
 def test_the_capacity_is_the_highest_rate_at_which_max_keeps_99_percent(
@@ -106,6 +112,15 @@ def test_a_win_is_the_least_energy_of_every_peer_within_1pp():
     policies["throttllem"] = _policy(10, 0.97)
     assert not marks(policies)["throttllem_within_1pp"] and not marks(policies)["throttllem_wins"]
     assert "oracle" not in PEERS and "throttllem" not in PEERS
+
+
+def test_scaling_is_measured_against_max_on_the_largest_size_without_throttllem_too():
+    policies = {"max": _policy(100, 0.99), "max-largest": _policy(200, 1.0),
+                "throttllem+scale": _policy(50, 0.995)}  # fmt: skip
+    standing = marks(policies)
+    assert standing["scale_vs_largest_energy_pct"] == pytest.approx(-75.0)
+    assert standing["scale_vs_largest_gap_pp"] == pytest.approx(-0.5)
+    assert "scale_vs_largest_energy_pct" not in marks({"max": _policy(100, 0.99)})
 
 
 def test_marks_and_the_json_take_numpy_values(tmp_path: Path):

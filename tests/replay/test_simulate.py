@@ -169,8 +169,24 @@ def test_scaling_grows_in_the_shadow_and_shrinks_after_the_grace_period():
 def test_scaling_needs_its_sizes():
     profile = load_profile(PROFILE)
     policy = parse_policy("throttllem+scale", profile.gpu.supported_clocks_mhz())
-    with pytest.raises(ValueError, match="engine sizes"):
+    with pytest.raises(ValueError, match="engine's sizes"):
         simulate(_phases((5, 1.0)), profile, policy, Slo(2.0, 0.2, 60.0), object())  # type: ignore[arg-type]
+
+
+def test_max_largest_runs_on_the_largest_size_at_the_highest_clock():
+    setup = _scale_setup({"tp1": 1.0, "tp2": 4.0}, load_s=10.0, interval_s=5.0, grace_s=20.0,
+                         drain_s=10.0)  # fmt: skip
+    tp1 = load_profile("a100-40gb/llama-2-13b/tp1")
+    clocks = tp1.gpu.supported_clocks_mhz()
+    workload = _phases((30, 1.0))
+    largest = simulate(workload, tp1, parse_policy("max-largest", clocks), Slo(2.0, 0.2, 60.0),
+                       None, scaling=setup)  # fmt: skip
+    routed = simulate(workload, tp1, parse_policy("max", clocks), Slo(2.0, 0.2, 60.0), None)
+    assert (largest.series_gpus == 2).all()  # TP2 throughout, never TP1, never a move
+    assert not largest.moves
+    assert (largest.series_clock_mhz == max(clocks)).all()
+    assert largest.energy_j > routed.energy_j  # twice the GPUs at the same clock
+    assert largest.output_tokens == int(workload.output_tokens.sum())
 
 
 def test_the_siblings_of_a_profile_are_its_other_tensor_parallel_sizes():

@@ -7,7 +7,9 @@ policy replays identical work, and the cell is marked: is throttllem's attainmen
 what share of oracle's saving it gets. The peers are the policies a user would pick
 instead of throttllem: Triton's default (`max`), the best fixed clock, the best power
 cap, a utilization governor and the VoltanaLLM/GreenLLM rule. `oracle` (our planner on
-the true lengths) is a bound, not a peer.
+the true lengths) is a bound, not a peer. Where the engine has sizes to scale between,
+`throttllem+scale` is also measured against `max-largest`, Triton's default on the largest
+size: the paper's baseline for instance scaling.
 
 Work runs in processes: first each (trace, engine, regime)'s capacity, then every cell.
 A process keeps the scenes it built (workload, saturation, planner model), so cells of
@@ -53,7 +55,8 @@ DEFAULT_LOADS = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_DURATION_S = 1200.0
 PEERS = ("max", "static-best", "power-cap-best", "reactive", "slo-feedback")
 OURS = ("throttllem", "throttllem+scale", "oracle")
-DEFAULT_POLICIES = PEERS + OURS
+SIZED = ("throttllem+scale", "max-largest")  # need sibling sizes with performance models
+DEFAULT_POLICIES = PEERS + OURS + ("max-largest",)
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,11 @@ def _cell_task(replay_options: ReplayOptions, capacity_rps: float, load: float,
     workload, _ = scene.workload_at(load * capacity_rps)
     skipped: dict[str, str] = {}
     names = list(policies)
-    if "throttllem+scale" in names and len(sibling_profiles(replay_options.profile)) < 2:
-        names.remove("throttllem+scale")
-        skipped["throttllem+scale"] = "one engine size has a shipped performance model"
+    if len(sibling_profiles(replay_options.profile)) < 2:
+        for name in SIZED:
+            if name in names:
+                names.remove(name)
+                skipped[name] = "one engine size has a shipped performance model"
     runs = run_policies(scene, workload, names)
     return {
         "rate_rps": workload.rate_rps,
@@ -211,7 +216,7 @@ def marks(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ours = policies.get("throttllem")
     if ours is None:
         return {"throttllem_within_1pp": None, "throttllem_wins": None, "oracle_share": None,
-                "attainment_gap_pp": None, "best_peer": None}  # fmt: skip
+                "attainment_gap_pp": None, "best_peer": None, **scaling_marks(policies)}  # fmt: skip
     eligible = {name: p["energy_j"] for name, p in policies.items()
                 if name in PEERS and p["slo_attainment"] >= floor - 1e-12}  # fmt: skip
     best_peer = min(eligible, key=lambda name: eligible[name]) if eligible else None
@@ -228,6 +233,19 @@ def marks(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "oracle_share": share,
         "attainment_gap_pp": (ours["slo_attainment"] - policies["max"]["slo_attainment"]) * 100,
         "best_peer": best_peer,
+        **scaling_marks(policies),
+    }
+
+
+def scaling_marks(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`throttllem+scale` against `max-largest` (the paper's baseline): its energy change
+    and attainment gap, where both ran."""
+    scaled, largest = policies.get("throttllem+scale"), policies.get("max-largest")
+    if scaled is None or largest is None:
+        return {}
+    return {
+        "scale_vs_largest_energy_pct": (scaled["energy_j"] / largest["energy_j"] - 1) * 100,
+        "scale_vs_largest_gap_pp": (scaled["slo_attainment"] - largest["slo_attainment"]) * 100,
     }
 
 

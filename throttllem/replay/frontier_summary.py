@@ -63,6 +63,13 @@ def markdown_summary(report: dict[str, Any]) -> str:
     lines.append(f"throttllem within 1 pp of max in {within} of {len(cells)} cells; wins in "
                  f"{wins} of {len(cells)}. Wall time {report['wall_s'] / 60:.1f} min on "
                  f"{report['workers']} processes.")  # fmt: skip
+    scaled = [cell for cell in cells if "scale_vs_largest_energy_pct" in cell]
+    if scaled:
+        lines += ["", "throttllem+scale against max on the largest size (the paper's baseline), "
+                  "energy / attainment gap:", ""]  # fmt: skip
+        lines += [f"- {cell['trace']}, {cell['profile']}, {cell['slo']}, load {cell['load']:g}: "
+                  f"{cell['scale_vs_largest_energy_pct']:+.1f} % / "
+                  f"{cell['scale_vs_largest_gap_pp']:+.1f} pp" for cell in scaled]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,9 @@
 """The policies a replay compares: how the clock is chosen, and whether admission gates.
 
 - `max`: Triton's default. Highest clock, every request straight into the engine.
+- `max-largest`: `max` on the engine's largest size (TP4 of Llama-2-13B on A100s): the
+  paper's baseline for instance scaling, which is what a deployment without scaling
+  provisions for its peak.
 - `static:<MHz>`: one fixed clock, no gating. `static-best` is the lowest fixed clock
   that keeps the SLOs on this trace, found by a sweep (report.py).
 - `reactive`: a utilization-driven DVFS governor, the Linux `ondemand` rule over the
@@ -39,7 +42,7 @@ DEFAULT_ARRIVAL_HORIZON_S = PlannerSettings().governor_arrival_horizon_s
 DEFAULT_ARRIVAL_QUANTILE = PlannerSettings().governor_arrival_quantile
 
 POLICY_NAMES = (
-    "max", "static:<MHz>", "static-best", "reactive", "slo-feedback", "power-cap:<W>",
+    "max", "max-largest", "static:<MHz>", "static-best", "reactive", "slo-feedback", "power-cap:<W>",
     "power-cap-best", "throttllem", "throttllem+scale", "oracle",
 )  # fmt: skip
 
@@ -67,11 +70,17 @@ class Policy:
     reactive: bool = False
     true_lengths: bool = False  # oracle: the planner sees the engine's true lengths
     scaling: bool = False  # throttllem+scale: instance scaling between engine sizes
+    largest_size: bool = False  # max-largest: runs on the largest of the engine's sizes
     slo_feedback: bool = False  # the lowest clock meeting TPOT now, highest while any wait
     power_cap_w: float | None = None  # a power limit on every GPU, clocks left at default
     margin: float = DEFAULT_MARGIN  # planned clocks keep this share of every budget to spare
     arrival_horizon_s: float = DEFAULT_ARRIVAL_HORIZON_S  # expected arrivals planned for
     arrival_quantile: float = DEFAULT_ARRIVAL_QUANTILE
+
+    @property
+    def needs_sizes(self) -> bool:
+        """Whether the replay must know the engine's sizes (scaling.ScaleSetup)."""
+        return self.scaling or self.largest_size
 
     def clock_planner(self, model: IterationTimes | None) -> ClockPlanner | None:
         """The live governor's planner, for the gated policies."""
@@ -123,6 +132,8 @@ def parse_policy(
     """`power_limits_w`: the GPU's (min, max) power limit, which `power-cap:<W>` must keep."""
     if name == "max":
         return Policy("max")
+    if name == "max-largest":
+        return Policy("max-largest", largest_size=True)
     if name == "slo-feedback":
         return Policy("slo-feedback", slo_feedback=True)
     if name.startswith("power-cap:"):

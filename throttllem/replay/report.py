@@ -107,7 +107,8 @@ class Scene:
         return parse_policy(name, self.clocks_mhz, self.power_limits_w)
 
     def scaling(self) -> ScaleSetup:
-        """The engine sizes `throttllem+scale` moves between, measured on first use."""
+        """The engine sizes `throttllem+scale` moves between (and `max-largest` takes the
+        largest of), measured on first use."""
         if self._scaling is None:
             assert self.model is not None
             self._scaling = scale_setup(self.options.profile, *self.mix, _planner_model,
@@ -219,7 +220,7 @@ def run_policies(
         bar = _ProgressBar(policy.name) if progress else None
         result = simulate(workload, scene.profile, policy, scene.slo, scene.model,
                           scene.options.seed, bar.update if bar else None,
-                          scene.scaling() if policy.scaling else None)  # fmt: skip
+                          scene.scaling() if policy.needs_sizes else None)  # fmt: skip
         if bar:
             bar.done(result.wall_s)
         return result

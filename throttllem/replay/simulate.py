@@ -320,8 +320,8 @@ def simulate(
     started_wall_s = time.perf_counter()
     if (policy.gated or policy.slo_feedback) and model is None:
         raise ValueError(f"policy {policy.name} needs the engine's performance model")
-    if policy.scaling and scaling is None:
-        raise ValueError(f"policy {policy.name} needs the engine sizes it may scale between")
+    if policy.needs_sizes and scaling is None:
+        raise ValueError(f"policy {policy.name} needs the engine's sizes")
     n = len(workload)
     believed = workload.output_tokens if policy.true_lengths else workload.predicted_tokens
     quantiles = None if policy.true_lengths else workload.length_quantiles
@@ -332,6 +332,9 @@ def simulate(
     if policy.scaling and scaling is not None:
         label = next(o.size.label for o in scaling.options if o.profile_name == profile.name)
         scaler = _Scaler(scaling, label)
+    if policy.largest_size and scaling is not None:
+        largest = scaling.options[-1]  # ascending capacity
+        label, profile, model = largest.size.label, largest.profile, largest.model
     routed = _Instance(label, profile, model, policy, seed, loaded_s=0.0, ready_s=0.0)
     instances = [routed]
     # The gateway's admission queue (gated policies), unbounded: a refused request would
