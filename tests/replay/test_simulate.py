@@ -201,3 +201,31 @@ def test_binned_series_keep_the_time_weighted_mean():
     # Bin [0, 1): 0.1 s at 1410, 0.2 s at 210, 0.05 s at 900, 0.65 s at 600.
     assert means[0] == pytest.approx((0.1 * 1410 + 0.2 * 210 + 0.05 * 900 + 0.65 * 600) / 1.0)
     assert means[1] == pytest.approx(1410)
+
+
+def test_the_governor_passes_also_while_an_iteration_runs(
+    setting: tuple[Workload, Slo, TableIterationTimes], monkeypatch: pytest.MonkeyPatch
+):
+    """The live governor runs on the wall clock: a pass is due every window, also in the
+    middle of a long prefill, so a request that arrives then gets its clock at once."""
+    import throttllem.replay.simulate as simulate_module
+
+    _, slo, model = setting
+    profile = load_profile(PROFILE)
+    passes_s: list[float] = []
+    real_pass = simulate_module.clock_pass
+
+    def recorded(steps, target_mhz, lock, now_s):  # type: ignore[no-untyped-def]
+        passes_s.append(now_s)
+        return real_pass(steps, target_mhz, lock, now_s)
+
+    monkeypatch.setattr(simulate_module, "clock_pass", recorded)
+    outputs = np.array([40, 40])
+    workload = Workload(np.array([0.0, 0.05]), np.array([3500, 3500]), outputs, outputs.copy(),
+                        np.zeros(2, dtype=bool))  # fmt: skip
+    policy = parse_policy("throttllem", profile.gpu.supported_clocks_mhz())
+    run = simulate(workload, profile, policy, slo, model)
+    prefill_start_s = run.ttft_s[0] - run.prefill_s[0]
+    assert run.prefill_s[0] > 0.25  # a long first iteration: more than two windows
+    inside = [t for t in passes_s if prefill_start_s < t < run.ttft_s[0]]
+    assert len(inside) >= 2

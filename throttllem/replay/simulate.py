@@ -376,9 +376,12 @@ def simulate(
         board_changed = False
         live = [instance for instance in instances if not instance.released]
         for instance in live:
-            if instance.step is not None or now_s < instance.ready_s:
+            if now_s < instance.ready_s:
                 continue
+            # The governor's passes run on the wall clock, also while an iteration runs.
             instance.decide(requests, now_s)
+            if instance.step is not None:
+                continue
             if instance.engine.has_work:
                 instance.step = instance.engine.step(now_s)
             elif instance.release_after_s is not None and now_s >= instance.release_after_s:
@@ -400,7 +403,7 @@ def simulate(
         if next_arrival < n:
             upcoming.append(arrival[next_arrival])
         idle = [i for i in live if i.step is None and i.ready_s <= now_s]
-        upcoming += [i.steps.next_pass_s for i in idle]
+        upcoming += [i.steps.next_pass_s for i in live if i.ready_s <= now_s]
         upcoming += [i.ready_s for i in live if i.ready_s > now_s]
         upcoming += [i.release_after_s for i in idle if i.release_after_s is not None]
         if scaler is not None and scaler.loading is None:  # a load ends in its ready_s
