@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from predictor.arrays import IntArray
 from predictor.board import Board, Requests
 
 RATE_WINDOW_S = 10.0  # short enough to follow a burst, long enough to see one
@@ -138,7 +139,7 @@ class ArrivalModel:
         return board.with_expected(expected) if len(expected) else board
 
 
-def _quantile(values: np.ndarray, quantile: float) -> float:
+def _quantile(values: IntArray, quantile: float) -> float:
     """`np.quantile(values, quantile)` (linear interpolation), without its overhead on the
     small arrays a decision has."""
     ordered = np.sort(values)
