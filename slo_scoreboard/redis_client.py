@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 def connect_redis(
@@ -24,10 +25,13 @@ def connect_redis(
 ) -> Redis:
     """A client on `url`. Connects lazily: nothing is sent until the first command.
 
-    `socket_timeout_s` bounds each command, `connect_timeout_s` each connect; `retries`
-    is how many times a command that failed on a connection error or timeout is sent
-    again, at once (no backoff), so 0 fails fast. None leaves a setting at redis-py's
-    default (for a timeout, that is not "no timeout").
+    `socket_timeout_s` bounds each command, `connect_timeout_s` each connect. `retries`
+    is how many times a command that failed on a broken connection is sent again, at
+    once, on a fresh one: a connection pooled before Redis restarted is broken, and only
+    the command that uses it finds out, so with 0 every pooled connection fails one
+    command after a restart. A timeout is never retried: an unresponsive Redis fails
+    within `socket_timeout_s`. None leaves a setting at redis-py's default (for a
+    timeout, that is not "no timeout"; for retries, timeouts are retried too).
     """
     options: dict[str, Any] = {}
     if socket_timeout_s is not None:
@@ -35,7 +39,7 @@ def connect_redis(
     if connect_timeout_s is not None:
         options["socket_connect_timeout"] = connect_timeout_s
     if retries is not None:
-        options["retry"] = Retry(NoBackoff(), retries)
+        options["retry"] = Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,))
     return Redis.from_url(url, **options)
 
 

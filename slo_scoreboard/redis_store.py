@@ -103,7 +103,7 @@ class RedisStateStore:
             url,
             socket_timeout_s=OPERATION_TIMEOUT_S,
             connect_timeout_s=CONNECT_TIMEOUT_S,
-            retries=0,  # fail fast; the caller decides what to do
+            retries=1,  # a connection broken by a restart: once more on a fresh one
         )
         return cls(client, url, instance, entry_ttl_s)
 

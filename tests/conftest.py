@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+
+from tests.private_redis import PrivateRedis
+from tests.servers import free_ports
 
 REDIS_URL = "redis://127.0.0.1:6379/0"  # .ci/run starts one if none answers
 
@@ -20,3 +24,15 @@ def instance() -> Iterator[str]:
         keys = list(client.scan_iter(match=f"throttllem:{name}:*"))
         if keys:
             client.delete(*keys)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, which it may kill and restart."""
+    (port,) = free_ports(1)
+    server = PrivateRedis(port, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
