@@ -6,7 +6,8 @@ this is their driver on the wall clock against the scoreboard. One task per work
 admits from the queue's head whenever a request leaves the board, and every window in
 any case; across workers, the scoreboard's compare-and-add decides who got the room.
 
-The same task keeps this worker's scoreboard entries alive (their TTL in Redis).
+The same task keeps this worker's scoreboard entries alive (their TTL in Redis) and
+announces the worker on the roster (slo_scoreboard/roster.py), saying whether it plans.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +29,14 @@ from slo_planner.admission import AdmissionPlanner, Verdict
 from slo_planner.admission_queue import AdmissionQueue
 from slo_scoreboard.board import board_of, requests_of
 from slo_scoreboard.cancellation import raise_if_cancelled
+from slo_scoreboard.roster import ANNOUNCE_EVERY_S
 from slo_scoreboard.store import RequestEntry, Snapshot, StateStore
 
 log = logging.getLogger(__name__)
 
 _RACES_BEFORE_QUEUEING = 8  # compare-and-add retries when other workers keep admitting
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # this process on the scoreboard
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Admission:
         window_s: float,
         refresh_every_s: float,
         wall_clock_s: Callable[[], float] = time.time,
+        worker: str = WORKER,
     ) -> None:
         self._store = store
         self._planner = planner
@@ -65,6 +73,7 @@ class Admission:
         self._window_s = window_s
         self._refresh_every_s = refresh_every_s
         self._now_s = wall_clock_s
+        self._worker = worker
         self._queue: AdmissionQueue[_Waiter] = AdmissionQueue(
             planner, _rows_of, max_waiting=max_queue, abandoned=_client_left
         )
@@ -114,21 +123,29 @@ class Admission:
         self._wake.set()
 
     async def run(self) -> None:
-        """Admit from the queue's head on every release, arrival or window; refresh TTLs."""
-        refreshed_s = time.monotonic()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._window_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.admit_waiting()
-                if time.monotonic() - refreshed_s >= self._refresh_every_s and self._owned:
-                    await self._store.refresh(list(self._owned))
-                    refreshed_s = time.monotonic()
-            except Exception:  # the queue must keep moving whatever one attempt did
-                log.exception("admission: an attempt failed; retrying next window")
-            raise_if_cancelled()  # a Redis call may have swallowed the shutdown's cancel
+        """Admit from the queue's head on every release, arrival or window; refresh TTLs
+        and announce this worker. Leaves the roster when cancelled (shutdown)."""
+        refreshed_s = announced_s = -math.inf
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(self._window_s, ANNOUNCE_EVERY_S)):
+                        await self._wake.wait()
+                self._wake.clear()
+                try:
+                    await self.admit_waiting()
+                    if time.monotonic() - announced_s >= ANNOUNCE_EVERY_S:
+                        await self._store.announce(self._worker, self._planner is not None)
+                        announced_s = time.monotonic()
+                    if time.monotonic() - refreshed_s >= self._refresh_every_s and self._owned:
+                        await self._store.refresh(list(self._owned))
+                        refreshed_s = time.monotonic()
+                except Exception:  # the queue must keep moving whatever one attempt did
+                    log.exception("admission: an attempt failed; retrying next window")
+                raise_if_cancelled()  # a Redis call may have swallowed the shutdown's cancel
+        finally:
+            with contextlib.suppress(Exception):
+                await self._store.retire(self._worker)
 
     async def admit_waiting(self) -> None:
         while await self._admit_head():

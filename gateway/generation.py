@@ -6,19 +6,15 @@ its promises at the end, and leaves the board whenever it ends (done, error, cli
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import AsyncIterator
 
-from gateway.admission import Admitted
+from gateway.admission import WORKER, Admitted
 from gateway.backends.base import GenerationChunk, GenerationRequest
 from gateway.schemas import FinishReason
 from gateway.services import Services
 from gateway.slo import RequestSlo
 from slo_scoreboard.store import RequestEntry
-
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Generation:

@@ -3,7 +3,8 @@
 Each decision reads the scoreboard, builds the board, and asks the planner
 (slo_planner/clock.py) for the lowest clock at which every promise holds. Anything it
 cannot trust fails safe, to the highest clock: an unreadable (or degraded, i.e. possibly
-stale) scoreboard, no performance model, or entries without a predicted length (the
+stale) scoreboard, a worker that went silent or admits without planning (governor/
+roster.py), no performance model, or entries without a predicted length (the
 gateway has no length model, so nothing bounds their output). A promise lost even at the
 highest clock is renegotiated by the planner (slo_planner/feasibility.py), not obeyed:
 the clock is planned for everything else.
@@ -20,6 +21,7 @@ from slo_planner.clock import ClockPlanner
 from slo_planner.feasibility import DEFAULT_HORIZON, FrequencyDecision, IterationTimes
 from slo_planner.length_risk import ConformalLevel
 from slo_scoreboard.board import board_of
+from slo_scoreboard.roster import BoardTrust
 from slo_scoreboard.store import RequestEntry, StateStore, StateStoreError
 
 log = logging.getLogger(__name__)
@@ -27,17 +29,33 @@ log = logging.getLogger(__name__)
 ReadEntries = Callable[[], Awaitable[list[RequestEntry] | None]]
 
 
-def store_reader(store: StateStore) -> ReadEntries:
-    """Entries of `store`, or None when they cannot be trusted (unreachable, degraded)."""
+class UntrustedBoard(Exception):
+    """The scoreboard answered, but may miss requests the engine holds; says why."""
+
+
+def store_reader(store: StateStore, trust: BoardTrust | None = None) -> ReadEntries:
+    """Entries of `store`, or None when it cannot be read (unreachable, degraded).
+
+    With `trust` (a scoreboard shared by several workers), also the roster: raises
+    `UntrustedBoard` while a worker is silent or admits without planning."""
 
     async def read() -> list[RequestEntry] | None:
         try:
             snapshot = await store.snapshot()
+            roster = await store.roster() if trust is not None else None
         except StateStoreError as error:
             log.warning("governor: scoreboard unreadable, highest clock: %s", error)
+            if trust is not None:
+                trust.unreadable()
             return None
         if getattr(store, "degraded", False):
+            if trust is not None:
+                trust.unreadable()
             return None
+        if trust is not None and roster is not None:
+            why = trust.distrust(roster, (entry.worker for entry in snapshot.entries))
+            if why is not None:
+                raise UntrustedBoard(why)
         return snapshot.entries
 
     return read
@@ -78,6 +96,8 @@ class PlannerPolicy:
         except StateStoreError as error:
             log.warning("governor: scoreboard unreadable, highest clock: %s", error)
             entries = None
+        except UntrustedBoard as why:
+            return self._because(str(why), highest)
         if entries is None:
             return self._because("scoreboard unreadable", highest)
         if any(entry.predicted_tokens is None for entry in entries):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from slo_scoreboard.store import (
     MemoryStateStore,
     RequestEntry,
+    Roster,
     Snapshot,
     StateStore,
     StateStoreError,
@@ -117,6 +118,33 @@ class FailoverStateStore:
             await self._primary.refresh(request_ids)
         except StateStoreError as exc:
             await self._degrade(exc)
+
+    async def announce(self, worker: str, plans: bool) -> None:
+        """On the primary only while serving from it: a degraded worker goes silent
+        there, which is how the governor learns that the board misses its requests."""
+        await self._maybe_recover()
+        if not self._degraded:
+            try:
+                await self._primary.announce(worker, plans)
+            except StateStoreError as exc:
+                await self._degrade(exc)
+        await self._local.announce(worker, plans)
+
+    async def retire(self, worker: str) -> None:
+        if not self._degraded:
+            try:
+                await self._primary.retire(worker)
+            except StateStoreError as exc:
+                logger.debug("retiring %s from the primary failed: %s", worker, exc)
+        await self._local.retire(worker)
+
+    async def roster(self) -> Roster:
+        if not self._degraded:
+            try:
+                return await self._primary.roster()
+            except StateStoreError as exc:
+                await self._degrade(exc)
+        return await self._local.roster()
 
     async def ping(self) -> bool:
         """The primary's health, not ours: serving locally still reports unreachable,

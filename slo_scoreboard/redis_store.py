@@ -9,6 +9,10 @@ Key layout, all under `throttllem:{instance}:` (one scoreboard per engine instan
   is pruned by the next `snapshot`, which then bumps the version.
 - `throttllem:{instance}:version`: integer counter, incremented whenever the set of
   requests changes (admit, remove, expiry noticed); absent means 0.
+- `throttllem:{instance}:workers`: hash, worker name -> `"<seconds> <state>"`: the Redis
+  server's clock at its last announcement, and `plans`, `admits-all` (no predictors) or
+  `retired`. A field older than `entry_ttl_s` is dropped by the next `roster` (its
+  entries expired too).
 
 Every read-check-write is one Lua script, so compare-and-add is atomic across workers.
 The scripts build request keys from the prefix, so this needs a single Redis (or a
@@ -26,7 +30,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from slo_scoreboard.redis_client import connect_redis, redis_address
-from slo_scoreboard.store import RequestEntry, Snapshot, StateStoreError
+from slo_scoreboard.store import (
+    RequestEntry,
+    Roster,
+    Snapshot,
+    StateStoreError,
+    WorkerStatus,
+)
 
 # Short, so a dead or unreachable Redis fails a request's state call in about a second
 # instead of stalling it (the failover store then serves locally).
@@ -78,6 +88,42 @@ end
 return 0
 """
 
+# The server's clock as "<seconds>.<microseconds>": one clock for every worker's
+# announcement and every reader, whatever the hosts' clocks say.
+_NOW = """
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+"""
+
+# KEYS: workers. ARGV: worker, its state.
+_ANNOUNCE = (
+    _NOW
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], now .. ' ' .. ARGV[2])
+return 1
+"""
+)
+
+# KEYS: workers. ARGV: seconds after which a silent worker is dropped.
+# Returns {now, {worker, "<seconds> <plans>", ...}}.
+_ROSTER = (
+    _NOW
+    + """
+local fields = redis.call('HGETALL', KEYS[1])
+local kept = {}
+for i = 1, #fields, 2 do
+  local seen = tonumber(string.match(fields[i + 1], '^%S+'))
+  if seen and tonumber(now) - seen <= tonumber(ARGV[1]) then
+    kept[#kept + 1] = fields[i]
+    kept[#kept + 1] = fields[i + 1]
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+return {now, kept}
+"""
+)
+
 
 class RedisStateStore:
     """`StateStore` in Redis. Every failure surfaces as `StateStoreError`, naming the URL."""
@@ -91,10 +137,14 @@ class RedisStateStore:
         self._request_prefix = f"{self._prefix}request:"
         self._index_key = f"{self._prefix}requests"
         self._version_key = f"{self._prefix}version"
+        self._workers_key = f"{self._prefix}workers"
+        self._ttl_s = entry_ttl_s
         self._ttl_ms = max(1, math.ceil(entry_ttl_s * 1000))
         self._admit = client.register_script(_ADMIT)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._remove = client.register_script(_REMOVE)
+        self._announce = client.register_script(_ANNOUNCE)
+        self._roster = client.register_script(_ROSTER)
 
     @classmethod
     def connect(cls, url: str, instance: str, entry_ttl_s: float) -> RedisStateStore:
@@ -182,6 +232,29 @@ class RedisStateStore:
                     pipe.pexpire(self._request_key(request_id), self._ttl_ms)
                 await pipe.execute()
 
+    async def announce(self, worker: str, plans: bool) -> None:
+        state = _PLANS if plans else _ADMITS_ALL
+        with self._failures("announce"):
+            await self._announce(keys=[self._workers_key], args=[worker, state])
+
+    async def retire(self, worker: str) -> None:
+        with self._failures("retire"):
+            await self._announce(keys=[self._workers_key], args=[worker, _RETIRED])
+
+    async def roster(self) -> Roster:
+        with self._failures("roster"):
+            now, fields = await self._roster(keys=[self._workers_key], args=[self._ttl_s])
+        try:
+            workers = [
+                _worker_status(name, value)
+                for name, value in zip(fields[::2], fields[1::2], strict=True)
+            ]
+        except ValueError as exc:
+            raise StateStoreError(
+                f"Redis state store at {self._url}: unreadable roster {self._workers_key}: {exc}"
+            ) from exc
+        return Roster(float(now), workers)
+
     async def ping(self) -> bool:
         """Whether Redis answers; never raises."""
         try:
@@ -192,3 +265,13 @@ class RedisStateStore:
     async def aclose(self) -> None:
         with self._failures("close"):
             await self._client.aclose()
+
+
+_PLANS, _ADMITS_ALL, _RETIRED = "plans", "admits-all", "retired"
+
+
+def _worker_status(name: bytes, value: bytes) -> WorkerStatus:
+    seen_s, state = value.decode().split(" ")
+    if state not in (_PLANS, _ADMITS_ALL, _RETIRED):
+        raise ValueError(f"unknown worker state {state!r}")
+    return WorkerStatus(name.decode(), float(seen_s), state == _PLANS, state == _RETIRED)

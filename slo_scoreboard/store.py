@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
+
+from slo_scoreboard.roster import Roster, WorkerStatus
 
 
 class StateStoreError(Exception):
@@ -82,6 +85,17 @@ class StateStore(Protocol):
         """The owner is alive: keep these entries from expiring."""
         ...
 
+    async def announce(self, worker: str, plans: bool) -> None:
+        """`worker` is alive and its entries are on this store (announced every few
+        hundred ms): what the governor reads to trust the board (slo_scoreboard/roster.py)."""
+        ...
+
+    async def retire(self, worker: str) -> None:
+        """`worker` stops: marked retired, so nobody waits to hear from it again."""
+        ...
+
+    async def roster(self) -> Roster: ...
+
     async def ping(self) -> bool: ...
 
     async def aclose(self) -> None: ...
@@ -93,6 +107,7 @@ class MemoryStateStore:
     def __init__(self) -> None:
         self._entries: dict[str, RequestEntry] = {}
         self._version = 0
+        self._workers: dict[str, WorkerStatus] = {}
 
     async def snapshot(self) -> Snapshot:
         return Snapshot(self._version, list(self._entries.values()))
@@ -119,6 +134,15 @@ class MemoryStateStore:
 
     async def refresh(self, request_ids: Sequence[str]) -> None:
         return None
+
+    async def announce(self, worker: str, plans: bool) -> None:
+        self._workers[worker] = WorkerStatus(worker, time.time(), plans)
+
+    async def retire(self, worker: str) -> None:
+        self._workers[worker] = WorkerStatus(worker, time.time(), False, retired=True)
+
+    async def roster(self) -> Roster:
+        return Roster(time.time(), list(self._workers.values()))
 
     async def ping(self) -> bool:
         return True

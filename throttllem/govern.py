@@ -28,6 +28,7 @@ from governor.watchdog import CONFIG_ERROR_EXIT_CODE, Heartbeat, supervise
 from predictor.loading import load_predictions
 from slo_planner.iteration_times import planned_iteration_times
 from slo_scoreboard.redis_store import RedisStateStore
+from slo_scoreboard.roster import BoardTrust
 from slo_scoreboard.scaling_redis import RedisScalingChannel
 from throttllem.settings import Settings
 from throttllem.wiring import instance_scaler
@@ -113,7 +114,8 @@ def planner_policy(settings: Settings) -> FrequencyPolicy:
     store = RedisStateStore.connect(
         settings.redis_url, settings.instance, settings.state_entry_ttl_s
     )
-    return PlannerPolicy(store_reader(store), model, settings.engine_shape,
+    trust = BoardTrust(forget_after_s=settings.state_entry_ttl_s)
+    return PlannerPolicy(store_reader(store, trust), model, settings.engine_shape,
                          margin=settings.governor_margin,
                          arrivals=settings.arrival_model(),
                          length_risk=settings.length_risk())  # fmt: skip

@@ -34,6 +34,7 @@ from slo_planner.iteration_times import planned_iteration_times
 from slo_planner.scaling import ScalingPolicy
 from slo_scoreboard.failover import FailoverStateStore
 from slo_scoreboard.redis_store import RedisStateStore
+from slo_scoreboard.roster import BoardTrust
 from slo_scoreboard.scaling_channel import MemoryScalingChannel, ScalingChannel
 from slo_scoreboard.scaling_redis import RedisScalingChannel
 from slo_scoreboard.store import MemoryStateStore, StateStore
@@ -150,7 +151,9 @@ def embedded_governor(
     gpus = [TwinGpu.connect(settings.gpu_control_url, index) for index in settings.gpu_indices]
     policy: FrequencyPolicy = HighestClock()
     if planner is not None:
-        policy = PlannerPolicy(store_reader(store), planner.model, planner.engine,
+        shared = settings.redis_url is not None  # other workers may feed the engine too
+        trust = BoardTrust(forget_after_s=settings.state_entry_ttl_s) if shared else None
+        policy = PlannerPolicy(store_reader(store, trust), planner.model, planner.engine,
                                margin=settings.governor_margin,
                                arrivals=settings.arrival_model(),
                                length_risk=settings.length_risk())  # fmt: skip

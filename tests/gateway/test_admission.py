@@ -4,6 +4,7 @@ requests served at once, and nothing left behind by a client that leaves."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from gateway.admission import Admission
+from gateway.admission import WORKER, Admission
 from gateway.errors import QueueFullError
 from gateway.metrics import GatewayMetrics
 from slo_planner.admission import AdmissionPlanner, EngineShape
@@ -156,3 +157,17 @@ def test_an_entry_past_its_median_is_planned_on_the_rest_its_quantiles_give():
                           length_quantiles=(300, 420, 600, 750, 1100), generated_tokens=300)  # fmt: skip
     assert remaining_tokens(capped) == 50  # never past max_tokens
     assert RequestEntry.from_json(entry.to_json()) == entry
+
+
+@pytest.mark.parametrize("plans", [True, False])
+async def test_the_worker_announces_whether_it_plans_and_retires_when_it_stops(store, plans):
+    admission = admission_for(store, planner=plans)
+    task = asyncio.create_task(admission.run())
+    await asyncio.sleep(0.2)  # its first window
+    (status,) = (await store.roster()).workers
+    assert (status.worker, status.plans, status.retired) == (WORKER, plans, False)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    (status,) = (await store.roster()).workers
+    assert status.retired
