@@ -6,7 +6,10 @@ A governed GPU left at a low clock by a dead governor would break every SLO, so:
 - The child writes one byte down a pipe after each decision: `L` while it leads (it
   may have locked a clock), `F` while it follows (it has not, or has reset it).
 - The supervisor resets the clocks when the child exits for any reason, or has not
-  written for `stall_s` (then it kills it first), if the child's last word was `L`. It
+  written for `stall_s` (then it kills it first), if the child's last word was `L`.
+  The promise is the clock back at its default within `RESET_WITHIN_S` of the last
+  decision, so the stall limit leaves room for the reset and the GPU's clock switch
+  (`stall_limit_s`). It
   then restarts the child after `restart_delay_s`, except after a configuration error
   (exit 2), where it exits 2 too. A follower's death resets nothing: the clocks are
   another governor's.
@@ -30,12 +33,20 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-STALL_S = 2.0
+RESET_WITHIN_S = 2.0  # a stalled governor's clocks are back at default within this
+RESET_ALLOWANCE_S = 0.4  # killing the child, opening the GPUs afresh, ordering the reset
+STALL_S = RESET_WITHIN_S - RESET_ALLOWANCE_S  # with an instant clock switch
 STARTUP_S = 60.0  # before its first heartbeat, the child may be loading its models
 RESTART_DELAY_S = 1.0
 GRACEFUL_STOP_S = 10.0
 CONFIG_ERROR_EXIT_CODE = 2
 LEADING, FOLLOWING = b"L", b"F"
+
+
+def stall_limit_s(switch_latency_s: float) -> float:
+    """How long the child may go without a decision, so that its clocks are back at
+    default within `RESET_WITHIN_S` after a switch of `switch_latency_s`."""
+    return max(0.5, RESET_WITHIN_S - RESET_ALLOWANCE_S - switch_latency_s)
 
 
 class Heartbeat:

@@ -24,7 +24,7 @@ from governor.leadership import RedisLeaderLock, default_holder_id
 from governor.loop import FrequencyPolicy
 from governor.policy import PlannerPolicy, store_reader
 from governor.settings import GpuBackendKind
-from governor.watchdog import CONFIG_ERROR_EXIT_CODE, Heartbeat, supervise
+from governor.watchdog import CONFIG_ERROR_EXIT_CODE, Heartbeat, stall_limit_s, supervise
 from predictor.loading import load_predictions
 from slo_planner.iteration_times import planned_iteration_times
 from slo_scoreboard.redis_store import RedisStateStore
@@ -100,7 +100,8 @@ def govern(log_level: str = "INFO") -> int:
         return [sys.executable, "-m", "throttllem.govern", "--heartbeat-fd", str(heartbeat_fd),
                 "--log-level", log_level]  # fmt: skip
 
-    return supervise(child_command, lambda: reset_clocks(settings))
+    stall_s = stall_limit_s(settings.gpu_switch_latency_ms / 1000)
+    return supervise(child_command, lambda: reset_clocks(settings), stall_s=stall_s)
 
 
 def planner_policy(settings: Settings) -> FrequencyPolicy:
