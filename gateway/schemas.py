@@ -23,7 +23,9 @@ class GenerationFields(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # OpenAI's range (a signed 64-bit integer); the Triton backend maps it onto the
+    # engine's unsigned one.
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None

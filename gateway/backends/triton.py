@@ -4,7 +4,7 @@ Field mapping (OpenAI -> ensemble input):
 
     prompt       -> text_input           max_tokens  -> max_tokens
     temperature  -> temperature          top_p       -> top_p
-    stop         -> stop_words           seed        -> seed
+    stop         -> stop_words           seed        -> seed mod 2^64 (the engine's is unsigned)
     ignore_eos   -> min_tokens = max_tokens (the engine may not stop early)
     (always)     -> stream = true, return_num_input_tokens, return_num_output_tokens
 
@@ -91,7 +91,7 @@ def _ensemble_inputs(request: GenerationRequest) -> dict[str, Any]:
     if request.stop:
         inputs["stop_words"] = request.stop
     if request.seed is not None:
-        inputs["seed"] = request.seed
+        inputs["seed"] = request.seed % 2**64  # -1 is 2^64 - 1, as in two's complement
     if request.ignore_eos:
         inputs["min_tokens"] = request.max_tokens
     return inputs

@@ -58,6 +58,8 @@ async def test_a_down_backend_gives_503_before_any_stream_starts(gateway: httpx.
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"stop": ["1", "2", "3", "4", "5"]}, "stop"),
         ({"best_of": 2}, "best_of"),
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
     ],
 )
 async def test_bad_fields_get_a_400_naming_the_field(gateway, fields, param):

@@ -147,6 +147,18 @@ def test_request_ids_are_echoed_or_made_and_bad_slo_headers_are_refused(stack: S
     assert "x-request-id" in refused.headers
 
 
+@pytest.mark.parametrize(
+    ("seed", "status"), [(-1, 200), (-(2**63), 200), (2**63 - 1, 200), (2**63, 400), (2**64, 400)]
+)
+def test_every_seed_gets_an_answer_or_a_400_never_the_engines_500(stack, seed, status):
+    """Triton's seed is unsigned: a negative one reached it and came back as a 502."""
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 2, "seed": seed}
+    response = httpx.post(f"{stack.base_url}/v1/completions", json=body)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["error"]["param"] == "seed"
+
+
 def test_a_client_that_leaves_mid_stream_leaves_the_board_at_once(stack: Stack):
     # The gateway closes its upstream stream. Triton's HTTP frontend does not cancel a
     # request whose client left (only gRPC clients can, per Triton's docs), and neither
