@@ -17,7 +17,9 @@ its final chunk (`choices: []`, the OpenAI way) or not at all gives text chunks 
 then corrects the total: its chunk carries the difference between the server's count
 and what was counted so far (never negative). Chunks that change nothing are dropped.
 
-The stream ends at `data: [DONE]`. An error after the stream started arrives as an
+The stream ends at `data: [DONE]`; one that ends without it was cut short, and fails. A
+server that answers the streamed request with one JSON completion (`application/json`)
+is read as one chunk; any other body fails. An error after the stream started arrives as an
 `{"error": ...}` event (older vLLM: `{"object": "error", ...}`) under HTTP 200, so every
 event is checked. Triton's OpenAI frontend ignores `continuous_usage_stats` and sends
 usage only at the end; it refuses unknown top-level fields, and knows `ignore_eos` and
@@ -67,12 +69,23 @@ class OpenAICompatibleBackend:
                 if response.status != 200:
                     body_read = await response.read()
                     raise _error_from_status(response.status, body_read, response.url, self._model)
+                content_type = response.headers.get("content-type", "")
+                if content_type.startswith("application/json"):
+                    if chunk := _whole_answer(await response.read(), counter):
+                        yield chunk
+                    return
+                if not content_type.startswith("text/event-stream"):
+                    raise BackendError(
+                        f"the upstream answered a stream with {content_type or 'no content type'}"
+                        ", neither an event stream nor a JSON completion"
+                    )
                 async for events in sse_batches(response.iter_bytes()):
                     before_done, done = _until_done(events)
                     for chunk in arrived_together(before_done, counter.parse):
                         yield chunk
                     if done:
                         return
+                raise BackendError("the upstream's stream ended without [DONE]: cut short")
         except UpstreamConnectionError as error:
             raise BackendUnavailableError(
                 f"the OpenAI-compatible server at {self._client.base_url} is unreachable: {error!r}"
@@ -151,6 +164,15 @@ class _TokenCounter:
         if not text and not output_tokens and not new_prompt_tokens:
             return None
         return GenerationChunk(text=text, output_tokens=output_tokens, prompt_tokens=prompt_tokens)
+
+
+def _whole_answer(body: bytes, counter: _TokenCounter) -> GenerationChunk | None:
+    """A completion sent whole: its text and usage, as one chunk."""
+    event = _event(body.decode("utf-8", errors="replace"))
+    choices = event.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise BackendError(f"the upstream answered JSON that is not a completion: {body[:200]!r}")
+    return counter.chunk(event)
 
 
 def _until_done(events: list[str]) -> tuple[list[str], bool]:

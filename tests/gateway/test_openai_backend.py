@@ -102,6 +102,7 @@ async def test_a_final_usage_corrects_chunks_that_held_several_tokens():
         {"choices": [{"text": "Hello", "finish_reason": None}]},
         {"choices": [{"text": " world!", "finish_reason": "stop"}]},
         {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}},
+        "[DONE]",
     ]
     chunks = await scripted_generate(lambda _: sse_reply(events))
     assert [(c.text, c.output_tokens) for c in chunks] == [
@@ -114,9 +115,31 @@ async def test_a_final_usage_corrects_chunks_that_held_several_tokens():
 
 
 async def test_a_usage_only_chunk_updates_counts_when_text_chunks_had_none():
-    events = [{"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}]
+    events = [{"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}, "[DONE]"]
     chunks = await scripted_generate(lambda _: sse_reply(events))
     assert chunks == [GenerationChunk(text="", output_tokens=3, prompt_tokens=2)]
+
+
+async def test_a_stream_that_ends_without_done_was_cut_short_and_fails():
+    events = [{"choices": [{"text": "Hello"}]}]
+    with pytest.raises(BackendError, match="without \\[DONE\\]"):
+        await scripted_generate(lambda _: sse_reply(events))
+
+
+async def test_a_streamed_request_answered_with_one_json_completion_is_read_whole():
+    """Before, this became an empty 200 with finish_reason "stop": the answer was lost."""
+    answer = {"object": "text_completion", "choices": [{"text": "Hello world", "index": 0,
+              "finish_reason": "stop"}], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}  # fmt: skip
+    chunks = await scripted_generate(lambda _: Reply([json_response(200, answer)]))
+    assert chunks == [GenerationChunk(text="Hello world", output_tokens=2, prompt_tokens=4)]
+
+
+@pytest.mark.parametrize(
+    "body", [json_response(200, {"id": "x"}), response(200, b"<html>hi</html>", "text/html")]
+)
+async def test_an_answer_that_is_neither_a_stream_nor_a_completion_fails(body: bytes):
+    with pytest.raises(BackendError, match=r"not a completion|neither an event stream"):
+        await scripted_generate(lambda _: Reply([body]))
 
 
 async def test_the_stream_ends_at_done():
