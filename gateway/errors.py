@@ -12,12 +12,15 @@ GatewayError                      {"error": {"message", "type", "param", "code"}
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -92,6 +95,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def _gateway_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, GatewayError)
+    if error.status_code >= 500:  # the backend's or ours: an operator wants to see it
+        request_id = getattr(request.state, "request_id", "-")
+        log.warning("request %s: %d %s", request_id, error.status_code, error.message)
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from throttllem.cli_predictors import (
     add_train_command,
 )
 from throttllem.cli_replay import add_replay_command
+from throttllem.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,10 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 

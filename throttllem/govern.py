@@ -30,6 +30,7 @@ from slo_planner.iteration_times import planned_iteration_times
 from slo_scoreboard.redis_store import RedisStateStore
 from slo_scoreboard.roster import BoardTrust
 from slo_scoreboard.scaling_redis import RedisScalingChannel
+from throttllem.logs import configure_logging
 from throttllem.settings import Settings
 from throttllem.wiring import instance_scaler
 
@@ -153,10 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heartbeat-fd", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     try:
         settings = load_settings()
     except GovernConfigError as error:

@@ -27,6 +27,7 @@ import uvicorn
 
 from gateway.metrics import MULTIPROC_DIR_VARIABLE
 from governor.settings import GpuBackendKind
+from throttllem.logs import current_level, uvicorn_log_config
 from throttllem.settings import Settings
 from throttllem.wiring import create_gateway_app
 
@@ -59,7 +60,8 @@ def serve_gateway(host: str | None, port: int | None, workers: int = 1) -> int:
     # Each worker process builds the app from the same THROTTLLEM_* environment.
     with shared_metrics_directory(), suppress(KeyboardInterrupt):
         uvicorn.run("throttllem.wiring:create_gateway_app", factory=True, host=settings.host,
-                    port=settings.port, workers=workers, log_level="warning")  # fmt: skip
+                    port=settings.port, workers=workers,
+                    log_config=uvicorn_log_config(current_level()))  # fmt: skip
     return 0
 
 
@@ -142,8 +144,9 @@ def _with_address(settings: Settings, host: str | None, port: int | None) -> Set
 def _serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM; a requested stop is a normal exit, not an error."""
     config = uvicorn.Config(
-        create_gateway_app(settings), host=settings.host, port=settings.port, log_level="warning"
-    )
+        create_gateway_app(settings), host=settings.host, port=settings.port,
+        log_config=uvicorn_log_config(current_level()),
+    )  # fmt: skip
     with suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it shut down for
         uvicorn.Server(config).run()
     log.info("gateway stopped")

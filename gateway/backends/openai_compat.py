@@ -64,8 +64,10 @@ class OpenAICompatibleBackend:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         body = completions_body(request, self._model, self._continuous_usage)
         counter = _TokenCounter()
+        answered = False
         try:
             async with self._client.stream("POST", "/v1/completions", body) as response:
+                answered = True
                 if response.status != 200:
                     body_read = await response.read()
                     raise _error_from_status(response.status, body_read, response.url, self._model)
@@ -87,9 +89,10 @@ class OpenAICompatibleBackend:
                         return
                 raise BackendError("the upstream's stream ended without [DONE]: cut short")
         except UpstreamConnectionError as error:
-            raise BackendUnavailableError(
-                f"the OpenAI-compatible server at {self._client.base_url} is unreachable: {error!r}"
-            ) from error
+            where = f"the OpenAI-compatible server at {self._client.base_url}"
+            if answered:  # it took the request: the server failed, not the network path
+                raise BackendError(f"{where} broke off its answer: {error!r}") from error
+            raise BackendUnavailableError(f"{where} is unreachable: {error!r}") from error
 
     async def ready(self) -> bool:
         """The model is listed by `/v1/models`; a server without that route: `/health` is 200."""

@@ -53,14 +53,20 @@ class TritonBackend:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         model = self.model
         url = f"/v2/models/{model}/generate_stream"
+        answered = False
         try:
             async with self._client.stream("POST", url, _ensemble_inputs(request)) as response:
+                answered = True
                 if response.status != 200:
                     raise _error_from_status(response.status, await response.read(), model)
                 async for events in sse_batches(response.iter_bytes()):
                     for chunk in arrived_together(events, _chunk):
                         yield chunk
         except UpstreamConnectionError as error:
+            if answered:  # it took the request: the engine failed, not the network path
+                raise BackendError(
+                    f"Triton at {self._client.base_url} broke off its answer: {error!r}"
+                ) from error
             raise BackendUnavailableError(
                 f"Triton at {self._client.base_url} is unreachable: {error!r}"
             ) from error

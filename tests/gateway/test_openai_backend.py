@@ -3,6 +3,7 @@ against scripted answers for the failures the instant upstream never gives."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from tests.scripted_server import (
     Reply,
     Script,
     ScriptedServer,
+    chunk,
+    chunked_head,
     json_response,
     response,
     sse_reply,
@@ -345,3 +348,21 @@ async def scripted_generate(script: Script) -> list[GenerationChunk]:
     """All chunks from a server that answers with `script`'s bytes."""
     async with ScriptedServer(script) as server:
         return await generate_all(OpenAICompatibleBackend.connect(server.url, MODEL), request())
+
+
+@pytest.mark.parametrize("kind", ["triton", "openai"])
+async def test_an_answer_broken_off_mid_way_is_an_upstream_error_not_unavailable(kind: str):
+    """The server took the request and stopped mid-answer: a 502 upstream error, as the
+    docs say; 503 (unreachable) is for a server that never answered."""
+    event = {"text_output": "Hel"} if kind == "triton" else {"choices": [{"text": "Hel"}]}
+    head_and_one = [chunked_head(), chunk(f"data: {json.dumps(event)}\n\n".encode())]
+    async with ScriptedServer(lambda _: Reply(head_and_one, close=True)) as server:
+        backend = (
+            TritonBackend.connect(server.url, "ensemble", timeout_s=10, connect_timeout_s=1)
+            if kind == "triton"
+            else OpenAICompatibleBackend.connect(server.url, MODEL)
+        )
+        with pytest.raises(BackendError) as raised:
+            await generate_all(backend, request())
+    assert not isinstance(raised.value, BackendUnavailableError)
+    assert "broke off" in str(raised.value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -250,3 +252,29 @@ async def test_four_workers_share_one_scoreboard_in_redis(
             assert await eventually_empty(store)
     finally:
         await store.aclose()
+
+
+def test_workers_log_with_time_and_level_and_a_dead_one_is_logged(
+    stack: Stack, tmp_path: Path, instance: str
+):
+    """Before, uvicorn's workers ran without a logging setup: no time or level, INFO
+    dropped, and a worker's death left no line."""
+    env = {"THROTTLLEM_REDIS_URL": REDIS_URL, "THROTTLLEM_INSTANCE": instance}
+    with gateway(stack, tmp_path, env, workers=2) as base_url:
+        workers = [int(line.split()[3]) for line in _lines(tmp_path, "Started server process")]
+        assert len(set(workers)) == 2, "each worker logs its start, in our format"
+        os.kill(workers[0], signal.SIGKILL)
+        assert eventually(lambda: bool(_lines(tmp_path, f"Child process [{workers[0]}] died")),
+                          within_s=10.0)  # fmt: skip
+        assert httpx.get(f"{base_url}/health/live").status_code == 200
+
+
+def _lines(log_dir: Path, text: str) -> list[str]:
+    """Lines of the gateway's log holding `text`, each `date time LEVEL pid logger: ...`."""
+    found = []
+    for path in log_dir.glob("serve-*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if text in line:
+                assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO \d+ ", line), line
+                found.append(line)
+    return found
