@@ -79,6 +79,10 @@ class Services:
         return self.parts.predictions
 
     @property
+    def planner(self) -> AdmissionPlanner | None:
+        return self.parts.planner
+
+    @property
     def scaling(self) -> ScalingFollower | None:
         return self.parts.scaling
 

@@ -18,12 +18,25 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready")
 async def ready(services: ServicesDep) -> JSONResponse:
+    """503 only for what stops traffic (the backend, the shared scoreboard). A predictor
+    that did not load stops only the planning: the gateway serves, at default clocks,
+    and says so under `planning` with the reason."""
     checks = {
         "backend": await services.backend.ready(),
         "state_store": await services.store.ping(),
     }
     status_code = 200 if all(checks.values()) else 503
-    body = {"status": "ready" if status_code == 200 else "not ready", "checks": checks}
+    predictions = services.predictions
+    body = {
+        "status": "ready" if status_code == 200 else "not ready",
+        "checks": checks,
+        "planning": {
+            "active": services.planner is not None,
+            "length_model": predictions.ready("length"),
+            "performance_model": predictions.ready("performance"),
+            "problems": dict(predictions.problems),
+        },
+    }
     return JSONResponse(body, status_code=status_code)
 
 

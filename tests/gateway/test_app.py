@@ -214,3 +214,21 @@ async def test_prompts_stay_out_of_the_logs_unless_asked(caplog: pytest.LogCaptu
                 with caplog.at_level("DEBUG"):
                     await client.post("/v1/completions", json=completion_body(prompt=secret))
         assert (secret in caplog.text) is log_prompts
+
+
+async def test_readiness_says_when_a_predictor_file_did_not_load(tmp_path):
+    """Traffic flows (at default clocks), so it stays a readiness detail, not a 503 of its
+    own; before, /health/ready said nothing of it."""
+    broken = tmp_path / "length.onnx"
+    broken.write_bytes(b"not an onnx file")
+    (closed_port,) = free_ports(1)
+    app = create_gateway_app(Settings(backend_url=f"http://127.0.0.1:{closed_port}",
+                                      backend_connect_timeout_s=1.0,
+                                      length_model_path=broken))  # fmt: skip
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            planning = (await client.get("/health/ready")).json()["planning"]
+    assert planning["active"] is False
+    assert planning["length_model"] is False
+    assert str(broken) in planning["problems"]["length"]
