@@ -7,6 +7,9 @@ Key layout, under `throttllem:{instance}:` like the scoreboard (slo_scoreboard/r
 - `throttllem:{instance}:governor:fence`: integer, incremented by every successful
   acquire and never expired, so fencing tokens grow across leaders. An actuator that
   checks `fence_is_current(token)` refuses the writes of a leader that was replaced.
+  A Redis restarted without its data forgets the counter, so each new token is also at
+  least the Redis server's clock in microseconds: tokens keep growing across restarts
+  (while the server's clock does not step back).
 
 Takeover time. A leader re-arms the key at least every `renew_every_s`, so when it dies
 without releasing, the key expires at most `ttl_s` after its death; a follower tries
@@ -52,7 +55,11 @@ if current and current ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return redis.call('INCR', KEYS[2])
+local t = redis.call('TIME')
+local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, floor)
+redis.call('SET', KEYS[2], string.format('%d', token))
+return token
 """
 
 # KEYS: leader, fence. ARGV: holder, TTL ms, our token. Returns 1 if still ours.

@@ -21,6 +21,7 @@ from governor.leadership import (
     LeaderElection,
     RedisLeaderLock,
 )
+from tests.private_redis import PrivateRedis
 from tests.servers import free_ports
 
 REDIS_PORT = 6379
@@ -442,3 +443,18 @@ def test_a_follower_process_takes_over_within_2_s_of_the_leader_being_killed(
             process.wait(timeout=5.0)
             assert process.stdout is not None
             process.stdout.close()
+
+
+async def test_tokens_keep_growing_across_a_redis_restarted_without_its_data(
+    make_lock: Callable[..., RedisLeaderLock], private_redis: PrivateRedis
+):
+    """Before, the counter restarted at 1: a stale leader's token 1 would match again."""
+    before = make_lock("A", url=private_redis.url)
+    assert await before.acquire()
+    old_token = before.fencing_token
+    assert old_token is not None
+    private_redis.restart()
+    after = make_lock("B", url=private_redis.url)
+    assert await after.acquire()
+    assert after.fencing_token is not None and after.fencing_token > old_token
+    assert not await after.fence_is_current(old_token)
