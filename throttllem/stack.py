@@ -28,6 +28,7 @@ import uvicorn
 from gateway.metrics import MULTIPROC_DIR_VARIABLE
 from governor.settings import GpuBackendKind
 from throttllem.logs import current_level, uvicorn_log_config
+from throttllem.orphan import MASTER_PID_VARIABLE, PRIVATE_METRICS_VARIABLE
 from throttllem.settings import Settings
 from throttllem.wiring import create_gateway_app
 
@@ -57,7 +58,9 @@ def serve_gateway(host: str | None, port: int | None, workers: int = 1) -> int:
     if settings.redis_url is None:
         log.error("%d workers need a shared scoreboard: set THROTTLLEM_REDIS_URL", workers)
         return 2
-    # Each worker process builds the app from the same THROTTLLEM_* environment.
+    # Each worker process builds the app from the same THROTTLLEM_* environment, and
+    # stops if this process dies (throttllem/orphan.py).
+    os.environ[MASTER_PID_VARIABLE] = str(os.getpid())
     with shared_metrics_directory(), suppress(KeyboardInterrupt):
         uvicorn.run("throttllem.wiring:create_gateway_app", factory=True, host=settings.host,
                     port=settings.port, workers=workers,
@@ -83,12 +86,13 @@ def shared_metrics_directory() -> Iterator[Path]:
                         "empty it between runs", MULTIPROC_DIR_VARIABLE, directory)  # fmt: skip
         yield directory
         return
-    with tempfile.TemporaryDirectory(prefix="throttllem-metrics-") as private:
-        os.environ[MULTIPROC_DIR_VARIABLE] = private
+    with tempfile.TemporaryDirectory(prefix="throttllem-metrics-",
+                                     ignore_cleanup_errors=True) as private:  # fmt: skip
+        os.environ[MULTIPROC_DIR_VARIABLE] = os.environ[PRIVATE_METRICS_VARIABLE] = private
         try:
             yield Path(private)
         finally:
-            del os.environ[MULTIPROC_DIR_VARIABLE]
+            del os.environ[MULTIPROC_DIR_VARIABLE], os.environ[PRIVATE_METRICS_VARIABLE]
 
 
 def run_stack(

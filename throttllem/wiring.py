@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -38,6 +39,7 @@ from slo_scoreboard.roster import BoardTrust
 from slo_scoreboard.scaling_channel import MemoryScalingChannel, ScalingChannel
 from slo_scoreboard.scaling_redis import RedisScalingChannel
 from slo_scoreboard.store import MemoryStateStore, StateStore
+from throttllem.orphan import master_pid, remove_own_metrics, stop_when_orphaned
 from throttllem.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,9 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
         scaling=scaling,
     )
     tasks = []
+    master = master_pid()
+    if master is not None:
+        tasks.append(asyncio.create_task(stop_when_orphaned(master), name="orphan-watch"))
     if governor is not None:
         tasks.append(asyncio.create_task(governor.run(), name="clock-governor"))
     scaler = embedded_scaler(settings, scaling)
@@ -97,6 +102,8 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
         await store.aclose()
         if scaling is not None:
             await scaling.channel.aclose()
+        if master is not None and os.getppid() != master:
+            remove_own_metrics()
 
 
 def _no_governor() -> None:

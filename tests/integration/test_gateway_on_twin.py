@@ -278,3 +278,36 @@ def _lines(log_dir: Path, text: str) -> list[str]:
                 assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO \d+ ", line), line
                 found.append(line)
     return found
+
+
+def test_workers_of_a_killed_master_stop_and_take_its_metrics_folder_with_them(
+    stack: Stack, tmp_path: Path, instance: str
+):
+    """Before, SIGKILL on `throttllem serve` left its workers serving, unsupervised, and
+    its private metrics folder behind."""
+    env = {"THROTTLLEM_REDIS_URL": REDIS_URL, "THROTTLLEM_INSTANCE": instance}
+    with gateway(stack, tmp_path, env, workers=2):
+        workers = {int(line.split()[3]) for line in _lines(tmp_path, "Started server process")}
+        (master,) = {_parent(pid) for pid in workers}
+        metrics_dir = Path(_environ(next(iter(workers)))["PROMETHEUS_MULTIPROC_DIR"])
+        assert metrics_dir.is_dir()
+        os.kill(master, signal.SIGKILL)
+        assert eventually(lambda: not any(_alive(pid) for pid in workers), within_s=15.0)
+        assert not metrics_dir.exists()
+
+
+def _parent(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1])
+
+
+def _environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
