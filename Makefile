@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 UV_PIP = $(BIN)/uv pip install --quiet --python $(BIN)/python
 
-.PHONY: run test lint checks
+.PHONY: run test lint checks fuzz
 
 run: $(VENV)/.installed-twin
 	$(BIN)/throttllem run
@@ -14,6 +14,11 @@ run: $(VENV)/.installed-twin
 test: $(VENV)/.installed-twin-dev-training-reports
 	$(MAKE) --no-print-directory checks
 	$(BIN)/pytest
+
+# 10,000 generated requests against the gateway in front of the twin (make test runs 120).
+fuzz: $(VENV)/.installed-twin-dev-training-reports
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} FUZZ_REPORT=fuzz-report.txt $(BIN)/pytest tests/fuzz
+	@cat fuzz-report.txt
 
 lint: $(VENV)/.installed-dev
 	$(MAKE) --no-print-directory checks

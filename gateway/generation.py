@@ -1,13 +1,25 @@
 """One generation: admitted through the planner, streamed from the backend, accounted.
 
 It counts tokens exactly, times TTFT/TBT/E2E, keeps its scoreboard entry current, checks
-its promises at the end, and leaves the board whenever it ends (done, error, client gone).
+its promises at the end, and leaves the board when the engine is done with it.
+
+The upstream stream is read by a task of its own (`_pump`), not by the client's handler,
+so the answer outlives a client that leaves: when the backend cannot cancel a request
+(Triton over HTTP finishes it regardless), the pump keeps reading until the engine ends
+it, and the request stays on the board meanwhile with its tokens counted, so that the
+governor and admission plan for the work the engine really holds. A backend that does
+cancel on close has its stream closed at once instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
+
+import anyio
 
 from gateway.admission import WORKER, Admitted
 from gateway.backends.base import GenerationChunk, GenerationRequest
@@ -15,6 +27,11 @@ from gateway.schemas import FinishReason
 from gateway.services import Services
 from gateway.slo import RequestSlo
 from slo_scoreboard.store import RequestEntry
+
+log = logging.getLogger(__name__)
+
+_END = object()  # the upstream's answer is complete
+_abandoned: set[asyncio.Task[None]] = set()  # pumps the engine still feeds; kept referenced
 
 
 class Generation:
@@ -43,6 +60,9 @@ class Generation:
         self._last_token_s: float | None = None
         self._recorded_s: float | None = None  # when the board last heard its count
         self._finished = False
+        self._pump: asyncio.Task[None] | None = None
+        self._received: asyncio.Queue[object] = asyncio.Queue()
+        self._client_gone = False
 
     @property
     def finish_reason(self) -> FinishReason:
@@ -67,13 +87,61 @@ class Generation:
         self._services.board_changed()
 
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self._services.backend.generate(self.request):
-            await self._account(chunk)
-            yield chunk
-        self._finished = True
+        """The answer as the upstream sends it; its errors raised here, in order."""
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._read_upstream(), name=self.request_id)
+        while True:
+            item = await self._received.get()
+            if item is _END:
+                self._finished = True
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, GenerationChunk)
+            yield item
 
     async def close(self) -> None:
-        """Off the board, whatever happened; the books for a finished answer."""
+        """The client is done with it (answered, failed, or gone). Off the board now,
+        unless the engine keeps working on it: then once the engine is done."""
+        if self.admitted is None:
+            return
+        pump = self._pump
+        if pump is None or pump.done() or self._finished:
+            if pump is not None:
+                await asyncio.shield(pump)  # done, or ending after the answer's last part
+            await self._leave_board()
+            return
+        self._client_gone = True  # the pump reads on, but keeps nothing for us
+        if self._services.backend.cancels_on_close:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            await self._leave_board()
+            return
+        _abandoned.add(pump)
+        pump.add_done_callback(_abandoned.discard)
+
+    async def _read_upstream(self) -> None:
+        """Read the whole answer; leave the board at its end if the client left before."""
+        try:
+            async for chunk in self._services.backend.generate(self.request):
+                await self._account(chunk)
+                if not self._client_gone:
+                    self._received.put_nowait(chunk)
+            self._received.put_nowait(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the client's handler raises it, in order
+            self._received.put_nowait(error)
+            if self._client_gone:
+                log.warning("request %s, abandoned by its client: upstream failed: %s",
+                            self.request_id, error)  # fmt: skip
+        finally:
+            if self._client_gone:
+                with anyio.CancelScope(shield=True):
+                    await self._leave_board()
+
+    async def _leave_board(self) -> None:
         services = self._services
         if self.admitted is None:
             return

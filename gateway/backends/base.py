@@ -34,6 +34,10 @@ class GenerationChunk:
 
 
 class Backend(Protocol):
+    # Whether closing the answer's stream stops the engine's work on it (vLLM aborts the
+    # request; Triton's HTTP frontend does not: the engine finishes it regardless).
+    cancels_on_close: bool
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream the answer; raises BackendError or BackendUnavailableError."""
         ...

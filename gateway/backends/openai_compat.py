@@ -41,6 +41,8 @@ DONE = "[DONE]"
 
 
 class OpenAICompatibleBackend:
+    cancels_on_close = True  # vLLM and Triton's OpenAI frontend abort a closed stream
+
     def __init__(self, client: HttpClient, model: str, continuous_usage: bool = True) -> None:
         self._client = client
         self._model = model

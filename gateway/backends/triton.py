@@ -27,6 +27,8 @@ from gateway.errors import BackendError, BackendUnavailableError, InvalidRequest
 
 
 class TritonBackend:
+    cancels_on_close = False  # per Triton's docs only gRPC and the C API cancel a request
+
     def __init__(
         self, client: HttpClient, model: str = "ensemble", route: Callable[[], str] | None = None
     ) -> None:

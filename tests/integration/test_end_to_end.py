@@ -106,7 +106,7 @@ def test_the_governor_lowers_the_clock_when_no_promise_needs_it(stack: Stack):
                 return float(line.split()[1])
         return float("nan")
 
-    body = {"model": MODEL, "prompt": "Tell a long story", "max_tokens": 400, "stream": True,
+    body = {"model": MODEL, "prompt": "Tell a long story", "max_tokens": 60, "stream": True,
             "ignore_eos": True}  # fmt: skip
     headers = {"x-slo-tpot-ms": "2000", "x-slo-ttft-ms": "10000"}
     lowest_mhz = float("inf")
@@ -115,12 +115,8 @@ def test_the_governor_lowers_the_clock_when_no_promise_needs_it(stack: Stack):
         http.stream("POST", "/v1/completions", json=body, headers=headers) as response,
     ):
         assert response.status_code == 200
-        lines = response.iter_lines()
-        deadline_s = time.monotonic() + 10
-        for _ in lines:
+        for _ in response.iter_lines():  # to its end: a request left early stays on the board
             lowest_mhz = min(lowest_mhz, clock_mhz())
-            if lowest_mhz < 1410 or time.monotonic() > deadline_s:
-                break
     assert lowest_mhz < 1410
     deadline_s = time.monotonic() + 5
     while time.monotonic() < deadline_s and clock_mhz() < 1410:

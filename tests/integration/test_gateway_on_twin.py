@@ -90,8 +90,8 @@ def first_event(response: httpx.Response) -> Iterator[str]:
     return lines
 
 
-def long_stream(client: httpx.Client, base_url: str, **headers: str):
-    body = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400, "stream": True,
+def long_stream(client: httpx.Client, base_url: str, max_tokens: int = 400, **headers: str):
+    body = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": max_tokens, "stream": True,
             "ignore_eos": True}  # fmt: skip
     return client.stream("POST", f"{base_url}/v1/completions", json=body, headers=headers)
 
@@ -161,31 +161,55 @@ def test_every_seed_gets_an_answer_or_a_400_never_the_engines_500(stack, seed, s
         assert response.json()["error"]["param"] == "seed"
 
 
-def test_a_client_that_leaves_mid_stream_leaves_the_board_at_once(stack: Stack):
-    # The gateway closes its upstream stream. Triton's HTTP frontend does not cancel a
-    # request whose client left (only gRPC clients can, per Triton's docs), and neither
-    # does the twin under PyTriton: the engine finishes it, which is not asserted here.
-    with httpx.Client(timeout=30) as client, long_stream(client, stack.base_url,
-                                                         **{"x-request-id": "leaver"}) as stream:  # fmt: skip
+def test_a_request_its_client_left_stays_on_the_board_until_the_engine_is_done(stack: Stack):
+    """Triton's HTTP frontend does not cancel a request whose client left (only gRPC
+    clients can, per Triton's docs), and neither does the twin under PyTriton: the engine
+    finishes it. Before, the board dropped it at once while the engine still ran it, and
+    the governor planned for less than the engine held."""
+    body = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 120, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{stack.base_url}/v1/completions",
+            json=body,
+            headers={"x-request-id": "leaver"},
+        ) as stream,
+    ):
         _open_lines = first_event(stream)
         assert [e["request_id"] for e in scoreboard(stack.base_url)] == ["leaver"]
         assert engine_active(stack) == 1
-    assert eventually(lambda: scoreboard(stack.base_url) == [])
+    seen: list[tuple[int, int]] = []  # (on the board, in the engine), engine read first
+    deadline_s = time.monotonic() + 30.0
+    while time.monotonic() < deadline_s:
+        in_engine = engine_active(stack)
+        on_board = len(scoreboard(stack.base_url))
+        seen.append((on_board, in_engine))
+        if on_board == 0:
+            break
+        time.sleep(0.1)
+    assert seen[-1][0] == 0, f"still on the board 30 s after its client left: {seen[-5:]}"
+    assert all(on_board >= in_engine for on_board, in_engine in seen[:-1])
+    assert len(seen) > 5  # it stayed while the engine worked on it
+    assert eventually(lambda: engine_active(stack) == 0)
     metrics = httpx.get(f"{stack.base_url}/metrics").text
     assert "throttllem_requests_cancelled_total 1.0" in metrics
 
 
-def test_a_client_that_leaves_a_whole_answer_leaves_the_board_too(stack: Stack):
-    body = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 400, "ignore_eos": True}
+def test_a_client_that_leaves_a_whole_answer_leaves_the_board_with_the_engine(stack: Stack):
+    body = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 120, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=httpx.Timeout(1.0))
-    assert eventually(lambda: scoreboard(stack.base_url) == [])
+    assert len(scoreboard(stack.base_url)) == engine_active(stack) == 1
+    assert eventually(lambda: scoreboard(stack.base_url) == [], within_s=30.0)
+    assert engine_active(stack) == 0
 
 
 def test_a_request_that_cannot_start_in_time_is_sent_at_once_and_keys_are_required(
     stack: Stack, tmp_path: Path
 ):
-    """20 KV blocks hold one ~600-token prompt with its 400-token reservation, not two: the
+    """20 KV blocks hold one ~600-token prompt with its 120-token reservation, not two: the
     second cannot start before the first ends, too late for its first token whatever the
     gateway does, so it is sent at once even with no room to queue, and counted lost. (A
     full queue's 429 is tested in tests/gateway/test_admission.py: with the projection
@@ -203,13 +227,14 @@ def test_a_request_that_cannot_start_in_time_is_sent_at_once_and_keys_are_requir
             keyless.completions.create(model=MODEL, prompt="hi", max_tokens=2)
         key = {"Authorization": "Bearer key-two"}
         with httpx.Client(timeout=60) as client:
-            with long_stream(client, base_url, **key) as first:
+            with long_stream(client, base_url, 120, **key) as first:
                 assert first.status_code == 200
                 _open_lines = first_event(first)
-                with long_stream(client, base_url, **key) as second:
+                with long_stream(client, base_url, 120, **key) as second:
                     assert second.status_code == 200
                     _second_lines = first_event(second)
-            assert eventually(lambda: scoreboard(base_url) == [])
+            # Both left; the engine finishes them (Triton over HTTP), then the board is empty.
+            assert eventually(lambda: scoreboard(base_url) == [], within_s=60.0)
         metrics = httpx.get(f"{base_url}/metrics").text
         assert 'throttllem_admissions_total{outcome="lost"} 1.0' in metrics
         assert 'outcome="queue_full"} 1.0' not in metrics
@@ -223,7 +248,7 @@ async def test_four_workers_share_one_scoreboard_in_redis(
     dozen), then the scoreboard in Redis must be exactly the union of them all."""
     env = {"THROTTLLEM_REDIS_URL": REDIS_URL, "THROTTLLEM_INSTANCE": instance}
     store = RedisStateStore.connect(REDIS_URL, instance, entry_ttl_s=10)
-    body = {"model": MODEL, "prompt": "Count to a thousand.", "max_tokens": 300, "stream": True,
+    body = {"model": MODEL, "prompt": "Count to a thousand.", "max_tokens": 100, "stream": True,
             "ignore_eos": True}  # fmt: skip
     opened: list[tuple[httpx.AsyncClient, object, httpx.Response, object]] = []
     try:
@@ -249,7 +274,7 @@ async def test_four_workers_share_one_scoreboard_in_redis(
                 for client, stream, _, _ in opened:
                     await stream.__aexit__(None, None, None)  # type: ignore[attr-defined]
                     await client.aclose()
-            assert await eventually_empty(store)
+            assert await eventually_empty(store, within_s=60.0)  # once the engine is done
     finally:
         await store.aclose()
 
