@@ -129,8 +129,6 @@ class Generation:
                 if not self._client_gone:
                     self._received.put_nowait(chunk)
             self._received.put_nowait(_END)
-        except asyncio.CancelledError:
-            raise
         except Exception as error:  # the client's handler raises it, in order
             self._received.put_nowait(error)
             if self._client_gone:

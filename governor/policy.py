@@ -3,7 +3,7 @@
 Each decision reads the scoreboard, builds the board, and asks the planner
 (slo_planner/clock.py) for the lowest clock at which every promise holds. Anything it
 cannot trust fails safe, to the highest clock: an unreadable (or degraded, i.e. possibly
-stale) scoreboard, a worker that went silent or admits without planning (governor/
+stale) scoreboard, a worker that went silent or admits without planning (slo_scoreboard/
 roster.py), no performance model, or entries without a predicted length (the
 gateway has no length model, so nothing bounds their output). A promise lost even at the
 highest clock is renegotiated by the planner (slo_planner/feasibility.py), not obeyed:

@@ -6,13 +6,12 @@ A governed GPU left at a low clock by a dead governor would break every SLO, so:
 - The child writes one byte down a pipe after each decision: `L` while it leads (it
   may have locked a clock), `F` while it follows (it has not, or has reset it).
 - The supervisor resets the clocks when the child exits for any reason, or has not
-  written for `stall_s` (then it kills it first), if the child's last word was `L`.
-  The promise is the clock back at its default within `RESET_WITHIN_S` of the last
-  decision, so the stall limit leaves room for the reset and the GPU's clock switch
-  (`stall_limit_s`). It
+  written for `stall_s` (then it kills it first), if the child's last word was `L`. It
   then restarts the child after `restart_delay_s`, except after a configuration error
-  (exit 2), where it exits 2 too. A follower's death resets nothing: the clocks are
-  another governor's.
+  (exit 2), where it exits 2 too. The promise is the clock back at its default within
+  `RESET_WITHIN_S` of the last decision, so the stall limit leaves room for the reset
+  and the GPU's clock switch (`stall_limit_s`). A follower's death resets nothing: the
+  clocks are another governor's.
 - The child watches its parent (`ParentWatch`) and, if the supervisor dies, resets the
   clocks itself and exits.
 - SIGTERM/SIGINT on the supervisor: SIGTERM to the child (which resets on its way

@@ -20,10 +20,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from slo_scoreboard.roster import Roster
 from slo_scoreboard.store import (
     MemoryStateStore,
     RequestEntry,
-    Roster,
     Snapshot,
     StateStore,
     StateStoreError,

@@ -30,13 +30,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from slo_scoreboard.redis_client import connect_redis, redis_address
-from slo_scoreboard.store import (
-    RequestEntry,
-    Roster,
-    Snapshot,
-    StateStoreError,
-    WorkerStatus,
-)
+from slo_scoreboard.roster import Roster, WorkerStatus
+from slo_scoreboard.store import RequestEntry, Snapshot, StateStoreError
 
 # Short, so a dead or unreachable Redis fails a request's state call in about a second
 # instead of stalling it (the failover store then serves locally).
@@ -105,7 +100,7 @@ return 1
 )
 
 # KEYS: workers. ARGV: seconds after which a silent worker is dropped.
-# Returns {now, {worker, "<seconds> <plans>", ...}}.
+# Returns {now, {worker, "<seconds> <state>", ...}}.
 _ROSTER = (
     _NOW
     + """

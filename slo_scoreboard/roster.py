@@ -93,6 +93,7 @@ class BoardTrust:
         for status in roster.workers:
             if not status.plans and not status.retired:
                 return f"gateway worker {status.worker} admits without planning"
-        for owner in sorted(set(owners) - self._last_seen_s.keys() - {""}):
-            return f"entries of gateway worker {owner}, which never announced itself"
+        unknown = sorted(set(owners) - self._last_seen_s.keys() - {""})
+        if unknown:
+            return f"entries of gateway worker {unknown[0]}, which never announced itself"
         return None

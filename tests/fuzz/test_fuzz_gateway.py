@@ -73,7 +73,7 @@ def test_nothing_is_left_on_the_scoreboard_afterwards(client: httpx.Client, gate
         time.sleep(0.1)
     metrics = client.get("/metrics").text
     assert "throttllem_queue_length 0.0" in metrics
-    report = Path(os.environ.get("FUZZ_REPORT", "")) if os.environ.get("FUZZ_REPORT") else None
-    if report is not None:
-        report.write_text(f"{sum(STATUSES.values())} requests, statuses {dict(STATUSES)}; "
+    report = os.environ.get("FUZZ_REPORT")
+    if report:
+        Path(report).write_text(f"{sum(STATUSES.values())} requests, statuses {dict(STATUSES)}; "
                           f"4xx by param {dict(REFUSED.most_common())}\n")  # fmt: skip

@@ -113,7 +113,9 @@ async def until(condition: Callable[[], bool], timeout_s: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def clock_within(url: str, condition, timeout_s: float) -> float:  # type: ignore[no-untyped-def]
+async def clock_within(
+    url: str, condition: Callable[[int | None], bool], timeout_s: float
+) -> float:
     started_s = time.monotonic()
     while not condition(await asyncio.to_thread(locked_clock_mhz, url)):
         assert time.monotonic() - started_s < timeout_s, "timed out"
