@@ -205,3 +205,36 @@ async def test_the_store_names_its_redis_by_address_only():
         assert repr(store) == "RedisStateStore('127.0.0.1:6379', prefix='throttllem:named:')"
     finally:
         await store.aclose()
+
+
+async def test_the_roster_keeps_each_workers_state_and_drops_the_long_silent(
+    instance: str, raw: redis.Redis
+):
+    store = RedisStateStore.connect(REDIS_URL, instance, entry_ttl_s=1.0)
+    try:
+        await store.announce("a", plans=True)
+        await store.announce("b", plans=False)
+        await store.retire("c")
+        roster = await store.roster()
+        states = {w.worker: (w.plans, w.retired) for w in roster.workers}
+        assert states == {"a": (True, False), "b": (False, False), "c": (False, True)}
+        assert all(abs(roster.now_s - w.seen_s) < 1.0 for w in roster.workers)
+        await asyncio.sleep(1.1)  # past the entry TTL: silent workers are dropped
+        await store.announce("a", plans=True)
+        assert [w.worker for w in (await store.roster()).workers] == ["a"]
+        assert raw.hkeys(f"throttllem:{instance}:workers") == [b"a"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_roster_field_without_a_time_is_dropped_one_of_unknown_state_is_an_error(
+    store: RedisStateStore, instance: str, raw: redis.Redis
+):
+    key = f"throttllem:{instance}:workers"
+    raw.hset(key, "garbled", b"not a roster value")
+    assert (await store.roster()).workers == []
+    assert raw.hkeys(key) == []
+    seconds, microseconds = raw.time()
+    raw.hset(key, "odd", f"{seconds}.{microseconds:06d} sleeping")
+    with pytest.raises(StateStoreError, match="unreadable roster"):
+        await store.roster()
