@@ -89,7 +89,9 @@ class ClockGovernor:
         """`clock_s` is the policy's time (the scoreboard's: wall clock for the planner);
         `monotonic_s` times the dwell; `on_decision` is called after every pass (heartbeat);
         `may_actuate`, asked before every clock change, is the leader's fencing check: a
-        governor that was replaced changes nothing even before it learns it lost the lead."""
+        governor that was replaced changes nothing even before it learns it lost the lead.
+        Raising to the highest clock is not fenced: it is what losing the lead does anyway
+        (the clocks reset), and the check reads the store, which may be what just failed."""
         if not gpus:
             raise ValueError("a governor needs at least one GPU")
         self._gpus = list(gpus)
@@ -148,7 +150,8 @@ class ClockGovernor:
         apply_mhz = self._steps.decide(target_mhz, now_s)
         if apply_mhz is None:
             return
-        if self._may_actuate is not None and not await self._may_actuate():
+        may_actuate = self._may_actuate if apply_mhz < max(supported) else None
+        if may_actuate is not None and not await may_actuate():
             log.warning("governor: a newer leader holds the instance: %d MHz not applied",
                         apply_mhz)  # fmt: skip
             return

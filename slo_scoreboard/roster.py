@@ -13,7 +13,10 @@ it was not leading, say). A known worker missing from the roster (a Redis restar
 is not trusted until it announces again.
 
 A worker it has not heard from for the scoreboard's entry TTL is forgotten: a dead
-worker's entries have expired by then, so the board is whole again. An entry whose worker
+worker's entries have expired by then, so the board is whole again. Silence counts only
+while the governor could read the store: after its outage, a worker last seen before it
+(degraded, not dead: it rejoins within its retry interval, slo_scoreboard/failover.py)
+is awaited for a whole TTL again. An entry whose worker
 never announced itself (a gateway of an older version) is not trusted either. Until it
 has listened for `STALE_AFTER_S` after starting, the governor knows no roster and trusts
 nothing. Times are the store's clock (the Redis server's), never the hosts'.
@@ -79,7 +82,7 @@ class BoardTrust:
         self._last_seen_s = {
             worker: seen_s
             for worker, seen_s in self._last_seen_s.items()
-            if now_s - seen_s <= self.forget_after_s
+            if now_s - max(seen_s, self._outage_ended_s) <= self.forget_after_s
             and not (worker in listed and listed[worker].retired)
         }
         if now_s - self._listening_since_s < self.stale_after_s:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -70,23 +71,62 @@ def open_gpus(settings: Settings) -> list[GpuClock]:
     return open_nvml_instance(settings.gpu_indices, mode)
 
 
-def reset_clocks(settings: Settings) -> None:
-    """The supervisor's reset: open the GPUs afresh, hand each back to its default clock."""
+class ClockResetter:
+    """The supervisor's reset: hand each GPU back to its default clock.
 
-    async def reset() -> None:
-        gpus = open_gpus(settings)
+    The GPUs are opened once, ahead of need, on an event loop kept for all resets: a
+    stalled governor's reset is on the clock (`RESET_WITHIN_S`), and opening them afresh
+    (an HTTP client's TLS setup, NVML's start) costs a good part of it. A reset that
+    fails opens them afresh and tries once more. Blocking; the supervisor's thread only.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._runner = asyncio.Runner()
+        self._gpus: list[GpuClock] | None = None
+
+    def prepare(self) -> None:
+        """Open the GPUs now; if they cannot be opened yet, the first reset tries."""
         try:
-            for gpu in gpus:
-                try:
-                    await gpu.reset_clock()
-                except GpuError as error:
-                    log.error("watchdog: could not reset a clock: %s", error)
-        finally:
-            for gpu in gpus:
-                await gpu.aclose()
+            self._open()
+        except GpuError as error:
+            log.warning("watchdog: GPUs not opened ahead of a reset: %s", error)
 
-    asyncio.run(reset())
-    log.info("watchdog: clocks reset to default")
+    def __call__(self) -> None:
+        try:
+            self._runner.run(self._reset(self._open()))
+        except GpuError as error:
+            log.warning("watchdog: reset failed (%s): opening the GPUs afresh", error)
+            self._close_gpus()
+            self._runner.run(self._reset(self._open()))
+        log.info("watchdog: clocks reset to default")
+
+    def close(self) -> None:
+        self._close_gpus()
+        self._runner.close()
+
+    def _open(self) -> list[GpuClock]:
+        if self._gpus is None:
+            self._gpus = open_gpus(self._settings)
+        return self._gpus
+
+    def _close_gpus(self) -> None:
+        gpus, self._gpus = self._gpus, None
+        for gpu in gpus or []:
+            with contextlib.suppress(GpuError):
+                self._runner.run(gpu.aclose())
+
+    @staticmethod
+    async def _reset(gpus: list[GpuClock]) -> None:
+        failed: GpuError | None = None
+        for gpu in gpus:  # every GPU, even after one fails
+            try:
+                await gpu.reset_clock()
+            except GpuError as error:
+                log.error("watchdog: could not reset a clock: %s", error)
+                failed = error
+        if failed is not None:
+            raise failed
 
 
 def govern(log_level: str = "INFO") -> int:
@@ -102,7 +142,12 @@ def govern(log_level: str = "INFO") -> int:
                 "--log-level", log_level]  # fmt: skip
 
     stall_s = stall_limit_s(settings.gpu_switch_latency_ms / 1000)
-    return supervise(child_command, lambda: reset_clocks(settings), stall_s=stall_s)
+    reset_clocks = ClockResetter(settings)
+    reset_clocks.prepare()
+    try:
+        return supervise(child_command, reset_clocks, stall_s=stall_s)
+    finally:
+        reset_clocks.close()
 
 
 def planner_policy(settings: Settings) -> FrequencyPolicy:

@@ -17,6 +17,16 @@ def listened(trust: BoardTrust, start_s: float = 100.0) -> float:
     return start_s + STALE_AFTER_S
 
 
+def keep_reading(trust: BoardTrust, from_s: float, to_s: float, *live: tuple[str, bool]) -> float:
+    """The governor reads every 0.1 s from `from_s` to about `to_s`, the `live` workers
+    announcing as it does; returns the time of its last read."""
+    now_s = from_s
+    while now_s + 0.1 < to_s:
+        now_s += 0.1
+        trust.distrust(roster(now_s, *((name, now_s, plans) for name, plans in live)))
+    return now_s
+
+
 def test_fresh_planning_workers_are_trusted_and_a_silent_one_is_not():
     trust = BoardTrust(forget_after_s=TTL_S)
     now_s = listened(trust)
@@ -34,7 +44,12 @@ def test_a_worker_silent_past_the_entry_ttl_is_forgotten_its_entries_expired_wit
     trust = BoardTrust(forget_after_s=TTL_S)
     now_s = listened(trust)
     trust.distrust(roster(now_s, ("a", now_s, True), ("dead", now_s, True)))
-    late_s = now_s + TTL_S + 0.1
+    last_words_s = now_s
+    read_s = keep_reading(trust, now_s, now_s + TTL_S, ("a", True))
+    assert trust.distrust(roster(read_s, ("a", read_s, True), ("dead", last_words_s, True))) == (
+        f"gateway worker dead silent for {read_s - last_words_s:.1f} s"
+    )
+    late_s = read_s + 0.2  # a whole TTL silent: forgotten
     assert trust.distrust(roster(late_s, ("a", late_s, True))) is None
 
 
@@ -86,3 +101,23 @@ def test_a_known_worker_missing_from_the_roster_is_not_trusted_a_retired_one_is_
                                    WorkerStatus("b", now_s + 0.2, False, retired=True)])  # fmt: skip
     assert trust.distrust(retired) is None
     assert trust.distrust(roster(now_s + 0.3, ("a", now_s + 0.3, True))) is None
+
+
+def test_after_an_outage_longer_than_the_ttl_a_known_worker_is_awaited_not_forgotten():
+    """Redis away longer than the entry TTL: the workers' last words are old, but they
+    are degraded, not dead, and rejoin within their retry interval. Until each announces
+    again, or stays silent for a whole TTL after the outage, the board is not whole."""
+    trust = BoardTrust(forget_after_s=TTL_S)
+    now_s = listened(trust)
+    assert trust.distrust(roster(now_s, ("a", now_s, True), ("b", now_s, True))) is None
+    trust.unreadable()
+    back_s = now_s + TTL_S + 2.0  # the store answers again, restarted empty
+    assert trust.distrust(roster(back_s)) == "gateway worker a is missing from the roster"
+    # a pushes its entries back and announces; b has not yet
+    rejoined_s = keep_reading(trust, back_s, back_s + 1.5) + 0.1
+    why = trust.distrust(roster(rejoined_s, ("a", rejoined_s, True)))
+    assert why == "gateway worker b is missing from the roster"
+    read_s = keep_reading(trust, rejoined_s, back_s + TTL_S, ("a", True))
+    assert trust.distrust(roster(read_s, ("a", read_s, True))) == why
+    gone_s = back_s + TTL_S + 0.05  # b never came back: dead, its entries gone with it
+    assert trust.distrust(roster(gone_s, ("a", gone_s, True))) is None

@@ -16,9 +16,12 @@ import httpx
 import pytest
 import redis
 
+from governor.gpu.base import GpuError
 from predictor.shipped import performance_model_path
 from tests.servers import free_ports
 from throttllem.cli import main
+from throttllem.govern import ClockResetter
+from throttllem.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,3 +142,29 @@ def test_govern_without_a_redis_url_says_so_and_exits_2(monkeypatch, capsys):
     monkeypatch.delenv("THROTTLLEM_REDIS_URL", raising=False)
     assert main(["govern"]) == 2
     assert "THROTTLLEM_REDIS_URL is required" in capsys.readouterr().err
+
+
+def test_one_clock_resetter_resets_every_time_and_says_when_it_cannot(control_url):
+    """The supervisor's resetter keeps its GPUs open across resets (a stalled governor's
+    reset is on the clock); a GPU it cannot reach is an error the supervisor logs."""
+    settings = Settings(gpu_backend="simulated", gpu_control_url=control_url)
+    reset = ClockResetter(settings)
+    reset.prepare()
+    try:
+        for clock_mhz in (210, 810):
+            httpx.put(f"{control_url}/gpus/0/locked-clocks",
+                      json={"min_mhz": clock_mhz, "max_mhz": clock_mhz}).raise_for_status()  # fmt: skip
+            assert locked_clock_mhz(control_url) == clock_mhz
+            reset()
+            assert locked_clock_mhz(control_url) is None
+    finally:
+        reset.close()
+    (closed_port,) = free_ports(1)
+    unreachable = ClockResetter(
+        Settings(gpu_backend="simulated", gpu_control_url=f"http://127.0.0.1:{closed_port}")
+    )
+    try:
+        with pytest.raises(GpuError):
+            unreachable()
+    finally:
+        unreachable.close()

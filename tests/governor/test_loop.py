@@ -215,3 +215,25 @@ async def test_a_governor_whose_fencing_token_is_stale_changes_no_clock():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert gpu.resets == 1  # stepping down still resets
+
+
+async def test_raising_to_the_highest_clock_needs_no_fencing_check():
+    """The check reads the store; when the store is what failed, the governor must still
+    be able to go to the safe clock at once, as losing the lead would anyway."""
+    gpu = RecordingGpu()
+    checks: list[bool] = []
+
+    async def store_unreachable() -> bool:
+        checks.append(False)
+        return False
+
+    policy = ScriptedPolicy(1005)
+    governor = ClockGovernor([gpu], policy, window_s=60.0, may_actuate=store_unreachable)
+    task = asyncio.create_task(governor.run())
+    await wait_for_decisions(governor, 1)
+    assert gpu.locks == [] and checks == [False]  # lowering is fenced
+    await decide(governor, policy, 1410)
+    assert gpu.locks == [1410] and checks == [False]  # the highest is not
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
