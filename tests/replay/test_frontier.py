@@ -26,7 +26,7 @@ def frontier_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, 
     alpaca_eval = shared_data("alpaca_eval/llama-2-13b-chat-hf.json").parent
     out = tmp_path_factory.mktemp("frontier")
     command = ["frontier", "--traces", str(trace), "--profiles", "a100-40gb/llama-2-13b/tp2",
-               "--loads", "0.5,1.0", "--duration-s", "240", "--alpaca-eval", str(alpaca_eval),
+               "--loads", "0.5,1.0", "--duration-s", "120", "--alpaca-eval", str(alpaca_eval),
                "--workers", "2", "--out", str(out)]  # fmt: skip
     assert main(command) == 0
     return json.loads((out / "frontier.json").read_text()), out, (out / "frontier.md").read_text()
