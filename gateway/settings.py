@@ -17,6 +17,11 @@ class BackendKind(StrEnum):
     openai = "openai"  # any OpenAI-compatible server: vLLM, Triton's OpenAI frontend, ...
 
 
+class UpstreamClientKind(StrEnum):
+    httptools = "httptools"  # gateway/backends/http_client.py
+    aiohttp = "aiohttp"
+
+
 class GatewaySettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the gateway listens on.")
@@ -48,6 +53,11 @@ class GatewaySettings(BaseModel):
     )
     backend_connect_timeout_s: float = Field(
         5.0, gt=0, description="Time allowed to connect to the inference server, in seconds."
+    )
+    upstream_client: UpstreamClientKind = Field(
+        UpstreamClientKind.httptools,
+        description="HTTP client the gateway speaks to the inference server with: "
+        "`httptools` (its own, over httptools' parser) or `aiohttp`.",
     )
     default_max_tokens: int = Field(
         16, ge=1, description="max_tokens for requests that do not set it (OpenAI's default)."

@@ -37,6 +37,7 @@ from slo_scoreboard.store import RequestEntry, Snapshot, StateStoreError
 # instead of stalling it (the failover store then serves locally).
 CONNECT_TIMEOUT_S = 1.0
 OPERATION_TIMEOUT_S = 1.0
+MAX_REMEMBERED_ENTRIES = 100_000  # far more than an engine holds at once
 
 # KEYS: version, index, request key. ARGV: expected version, entry JSON, TTL ms, id.
 _ADMIT = """
@@ -140,6 +141,9 @@ class RedisStateStore:
         self._remove = client.register_script(_REMOVE)
         self._announce = client.register_script(_ANNOUNCE)
         self._roster = client.register_script(_ROSTER)
+        # The entries this store wrote, as it wrote them: token counts update them without
+        # reading them back (one round trip instead of two on every count).
+        self._written: dict[str, RequestEntry] = {}
 
     @classmethod
     def connect(cls, url: str, instance: str, entry_ttl_s: float) -> RedisStateStore:
@@ -187,31 +191,49 @@ class RedisStateStore:
                 keys=[self._version_key, self._index_key, self._request_key(entry.request_id)],
                 args=[expected_version, entry.to_json(), self._ttl_ms, entry.request_id],
             )
+        if added:
+            self._remember(entry)
         return bool(added)
 
     async def record_tokens(self, request_id: str, generated_tokens: int, now_s: float) -> None:
-        """Read, then rewrite only if still there (XX) and keeping its TTL.
+        """Rewrite the entry only if it is still there (XX), keeping its TTL.
 
-        Not one script: Lua's cjson would round the wall-clock floats. Only the owning
-        worker writes an entry, one call at a time, so nothing interleaves.
+        Only the owning worker writes an entry, one call at a time, so the entry as this
+        store last wrote it is the entry; one it did not write is read first. Not one
+        script: Lua's cjson would round the wall-clock floats.
         """
         key = self._request_key(request_id)
         with self._failures("record_tokens"):
-            text = await self._client.get(key)
-            if text is None:
+            entry = self._written.get(request_id) or await self._read_entry(key)
+            if entry is None:
                 return
-            try:
-                entry = RequestEntry.from_json(text)
-            except (ValueError, TypeError) as exc:
-                raise StateStoreError(
-                    f"Redis state store at {self._url}: unreadable entry {key}: {exc}"
-                ) from exc
             first_token_s = entry.first_token_s if entry.first_token_s is not None else now_s
             updated = replace(entry, generated_tokens=generated_tokens, first_token_s=first_token_s)
-            if updated != entry:
-                await self._client.set(key, updated.to_json(), xx=True, keepttl=True)
+            if updated == entry:
+                return
+            if await self._client.set(key, updated.to_json(), xx=True, keepttl=True):
+                self._remember(updated)
+            else:  # expired, or removed with the board (a Redis restarted empty)
+                self._written.pop(request_id, None)
+
+    async def _read_entry(self, key: str) -> RequestEntry | None:
+        text = await self._client.get(key)
+        if text is None:
+            return None
+        try:
+            return RequestEntry.from_json(text)
+        except (ValueError, TypeError) as exc:
+            raise StateStoreError(
+                f"Redis state store at {self._url}: unreadable entry {key}: {exc}"
+            ) from exc
+
+    def _remember(self, entry: RequestEntry) -> None:
+        if len(self._written) >= MAX_REMEMBERED_ENTRIES:  # removals lost: start afresh
+            self._written.clear()
+        self._written[entry.request_id] = entry
 
     async def remove(self, request_id: str) -> None:
+        self._written.pop(request_id, None)
         with self._failures("remove"):
             await self._remove(
                 keys=[self._request_key(request_id), self._index_key, self._version_key],

@@ -113,16 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_projection_bench(benches)
     gateway_bench = benches.add_parser(
         "gateway",
-        help="the latency the gateway adds in front of an instant Triton upstream; max req/s",
+        help="the latency the gateway adds in front of an instant Triton upstream, and the "
+        "gateway side by side with a bare pass-through proxy",
         description="Open-loop Poisson load straight to an instant Triton upstream and through "
-        "the gateway (`throttllem serve`): added latency p50/p99, added trip of each streamed "
-        "token, and completed req/s of a closed loop. The load generator shares the cores.",
+        "the gateway (`throttllem serve`): added latency p50/p99 and added trip of each "
+        "streamed token. Then closed loops (c=1 latency, c=N throughput) against the upstream, "
+        "a bare FastAPI + httpx proxy and the deployed gateway (prediction, admission, Redis "
+        "scoreboard) over each upstream client, with their ratios to the bare proxy. The load "
+        "generator shares the cores.",
     )
     gateway_bench.add_argument("--json", type=Path, default=None, help="write the report here")
     gateway_bench.add_argument("--rate", type=float, default=200.0, help="req/s (default: 200)")
     gateway_bench.add_argument(
         "--duration-s", type=float, default=10.0, help="seconds of each measured run (default: 10)"
     )
+    gateway_bench.add_argument(
+        "--compare-duration-s", type=float, default=6.0,
+        help="seconds of each side-by-side server's c=1 and c=N loads, split over 3 "
+        "interleaved rounds (default: 6)",
+    )  # fmt: skip
+    gateway_bench.add_argument(
+        "--concurrency", type=int, default=32,
+        help="requests in flight in the side-by-side throughput loop (default: 32)",
+    )  # fmt: skip
     gateway_bench.set_defaults(handler=_bench_gateway)
     _add_live_agreement_bench(benches)
     capacity = commands.add_parser(
@@ -287,7 +300,11 @@ def _bench_gateway(args: argparse.Namespace) -> int:
     from throttllem.bench.gateway import BenchOptions, bench_gateway
 
     try:
-        bench_gateway(args.json, BenchOptions(rate_per_s=args.rate, duration_s=args.duration_s))
+        options = BenchOptions(
+            rate_per_s=args.rate, duration_s=args.duration_s,
+            compare_duration_s=args.compare_duration_s, compare_concurrency=args.concurrency,
+        )  # fmt: skip
+        bench_gateway(args.json, options)
     except RuntimeError as error:
         print(f"throttllem bench gateway: {error}", file=sys.stderr)
         return 1

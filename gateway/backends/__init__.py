@@ -20,6 +20,7 @@ def connect_backend(settings: GatewaySettings, route: Callable[[], str] | None =
             api_key=settings.backend_api_key,
             timeout_s=settings.backend_timeout_s,
             connect_timeout_s=settings.backend_connect_timeout_s,
+            client_kind=settings.upstream_client,
         )
     return TritonBackend.connect(
         settings.backend_url,
@@ -27,4 +28,5 @@ def connect_backend(settings: GatewaySettings, route: Callable[[], str] | None =
         timeout_s=settings.backend_timeout_s,
         connect_timeout_s=settings.backend_connect_timeout_s,
         route=route,
+        client_kind=settings.upstream_client,
     )

@@ -78,7 +78,7 @@ class HttpClient:
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self._prefix = parts.path
         host_header = parts.netloc.rpartition("@")[2]
-        fixed = {"Host": host_header, "User-Agent": _user_agent(), **(headers or {})}
+        fixed = {"Host": host_header, "User-Agent": user_agent(), **(headers or {})}
         self._fixed_headers = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -310,7 +310,7 @@ def decode_json(body: bytes) -> Any:
         return None
 
 
-def _user_agent() -> str:
+def user_agent() -> str:
     try:
         return f"throttllem/{version('throttllem')}"
     except PackageNotFoundError:

@@ -33,8 +33,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.backends.base import GenerationChunk, GenerationRequest, arrived_together
-from gateway.backends.http_client import HttpClient, UpstreamConnectionError, decode_json
+from gateway.backends.http_client import UpstreamConnectionError, decode_json
 from gateway.backends.sse import sse_batches
+from gateway.backends.upstream import UpstreamClient, UpstreamClientKind, upstream_client
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
 DONE = "[DONE]"
@@ -43,7 +44,7 @@ DONE = "[DONE]"
 class OpenAICompatibleBackend:
     cancels_on_close = True  # vLLM and Triton's OpenAI frontend abort a closed stream
 
-    def __init__(self, client: HttpClient, model: str, continuous_usage: bool = True) -> None:
+    def __init__(self, client: UpstreamClient, model: str, continuous_usage: bool = True) -> None:
         self._client = client
         self._model = model
         self._continuous_usage = continuous_usage
@@ -57,10 +58,11 @@ class OpenAICompatibleBackend:
         timeout_s: float = 600.0,
         connect_timeout_s: float = 5.0,
         continuous_usage: bool = True,
+        client_kind: UpstreamClientKind = UpstreamClientKind.httptools,
     ) -> OpenAICompatibleBackend:
         """`base_url` is the server's root, without `/v1`."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        client = HttpClient(base_url, headers, timeout_s, connect_timeout_s)
+        client = upstream_client(client_kind, base_url, headers, timeout_s, connect_timeout_s)
         return cls(client, model, continuous_usage)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:

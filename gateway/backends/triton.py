@@ -21,8 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gateway.backends.base import GenerationChunk, GenerationRequest, arrived_together
-from gateway.backends.http_client import HttpClient, UpstreamConnectionError, decode_json
+from gateway.backends.http_client import UpstreamConnectionError, decode_json
 from gateway.backends.sse import sse_batches
+from gateway.backends.upstream import UpstreamClient, UpstreamClientKind, upstream_client
 from gateway.errors import BackendError, BackendUnavailableError, InvalidRequestError
 
 
@@ -30,7 +31,10 @@ class TritonBackend:
     cancels_on_close = False  # per Triton's docs only gRPC and the C API cancel a request
 
     def __init__(
-        self, client: HttpClient, model: str = "ensemble", route: Callable[[], str] | None = None
+        self,
+        client: UpstreamClient,
+        model: str = "ensemble",
+        route: Callable[[], str] | None = None,
     ) -> None:
         self._client = client
         self._model = model
@@ -48,8 +52,11 @@ class TritonBackend:
         timeout_s: float,
         connect_timeout_s: float,
         route: Callable[[], str] | None = None,
+        client_kind: UpstreamClientKind = UpstreamClientKind.httptools,
     ) -> TritonBackend:
-        client = HttpClient(base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+        client = upstream_client(
+            client_kind, base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+        )
         return cls(client, model, route)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:

@@ -171,3 +171,31 @@ async def test_the_worker_announces_whether_it_plans_and_retires_when_it_stops(s
         await task
     (status,) = (await store.roster()).workers
     assert status.retired
+
+
+class CountingStore(MemoryStateStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshots = 0
+
+    async def snapshot(self):  # type: ignore[no-untyped-def]
+        self.snapshots += 1
+        return await super().snapshot()
+
+
+async def test_with_nobody_waiting_the_pump_reads_no_board():
+    """Before, every window and every release read the whole board (a Redis round trip)
+    to admit from an empty queue."""
+    store = CountingStore()
+    admission = admission_for(store)
+    pump = asyncio.create_task(admission.run())
+    try:
+        await admission.enter(entry("a"))
+        assert store.snapshots == 1  # the admission's own read
+        await admission.release("a")
+        await asyncio.sleep(0.3)  # six windows and the release's wake-up
+        assert store.snapshots == 1
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump

@@ -1,12 +1,15 @@
-"""The upstream HTTP client against a real socket that sends exact bytes."""
+"""Both upstream HTTP clients against a real socket that sends exact bytes: the same
+behaviour from the hand-written one and aiohttp's."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import pytest
 
-from gateway.backends.http_client import HttpClient, UpstreamConnectionError
+from gateway.backends.http_client import UpstreamConnectionError
+from gateway.backends.upstream import UpstreamClient, UpstreamClientKind, upstream_client
 from tests.scripted_server import (
     LAST_CHUNK,
     Received,
@@ -19,13 +22,29 @@ from tests.scripted_server import (
 from tests.servers import free_ports
 
 
+class Clients(Protocol):
+    def __call__(
+        self, base_url: str, headers: dict[str, str] | None = None, timeout_s: float = 600.0
+    ) -> UpstreamClient: ...
+
+
+@pytest.fixture(params=list(UpstreamClientKind))
+def make_client(request: pytest.FixtureRequest) -> Clients:
+    def make(
+        base_url: str, headers: dict[str, str] | None = None, timeout_s: float = 600.0
+    ) -> UpstreamClient:
+        return upstream_client(request.param, base_url, headers, timeout_s)
+
+    return make
+
+
 def ok(_: Received) -> Reply:
     return Reply([response(200, b'{"ok":true}')])
 
 
-async def test_a_json_body_and_the_fixed_headers_are_sent():
+async def test_a_json_body_and_the_fixed_headers_are_sent(make_client: Clients):
     async with ScriptedServer(ok) as server:
-        client = HttpClient(server.url + "/prefix", {"Authorization": "Bearer sk-up"})
+        client = make_client(server.url + "/prefix", {"Authorization": "Bearer sk-up"})
         status, body = await client.request("POST", "/v1/completions", {"prompt": "hé"})
         await client.aclose()
     (received,) = server.received
@@ -37,9 +56,9 @@ async def test_a_json_body_and_the_fixed_headers_are_sent():
     assert received.headers["host"] == server.url.removeprefix("http://")
 
 
-async def test_finished_answers_leave_their_connection_for_the_next_request():
+async def test_finished_answers_leave_their_connection_for_the_next_request(make_client: Clients):
     async with ScriptedServer(ok) as server:
-        client = HttpClient(server.url)
+        client = make_client(server.url)
         for _ in range(3):
             assert (await client.request("GET", "/"))[0] == 200
         await client.aclose()
@@ -47,9 +66,11 @@ async def test_finished_answers_leave_their_connection_for_the_next_request():
     assert [r.connection for r in server.received] == [0, 0, 0]
 
 
-async def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_sent_again():
+async def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_sent_again(
+    make_client: Clients,
+):
     async with ScriptedServer(lambda _: Reply([response(200, b"x")], close=True)) as server:
-        client = HttpClient(server.url)
+        client = make_client(server.url)
         assert await client.request("GET", "/a") == (200, b"x")
         await asyncio.sleep(0.05)  # the close reaches the client's idle connection
         assert await client.request("GET", "/b") == (200, b"x")
@@ -58,20 +79,20 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_req
     assert server.connections == 2
 
 
-async def test_a_body_without_length_runs_to_the_close_and_is_not_reused():
+async def test_a_body_without_length_runs_to_the_close_and_is_not_reused(make_client: Clients):
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
     async with ScriptedServer(lambda _: Reply([head, b"one ", b"two"], close=True)) as server:
-        client = HttpClient(server.url)
+        client = make_client(server.url)
         assert await client.request("GET", "/") == (200, b"one two")
         assert await client.request("GET", "/") == (200, b"one two")
         await client.aclose()
     assert server.connections == 2
 
 
-async def test_chunks_arrive_as_they_are_sent():
+async def test_chunks_arrive_as_they_are_sent(make_client: Clients):
     pieces = [chunked_head(), chunk(b"first"), chunk(b"second"), LAST_CHUNK]
     async with ScriptedServer(lambda _: Reply(pieces, pause_s=0.05)) as server:
-        client = HttpClient(server.url)
+        client = make_client(server.url)
         async with client.stream("POST", "/", {}) as answer:
             assert answer.status == 200
             assert answer.headers["transfer-encoding"] == "chunked"
@@ -79,10 +100,10 @@ async def test_chunks_arrive_as_they_are_sent():
         await client.aclose()
 
 
-async def test_an_answer_broken_off_midway_is_a_connection_error():
+async def test_an_answer_broken_off_midway_is_a_connection_error(make_client: Clients):
     pieces = [chunked_head(), chunk(b"first")]
     async with ScriptedServer(lambda _: Reply(pieces, close=True)) as server:
-        client = HttpClient(server.url)
+        client = make_client(server.url)
         seen = []
         with pytest.raises(UpstreamConnectionError, match="broke off"):
             async with client.stream("POST", "/", {}) as answer:
@@ -92,10 +113,10 @@ async def test_an_answer_broken_off_midway_is_a_connection_error():
     assert seen == [b"first"]
 
 
-async def test_leaving_an_answer_early_closes_its_connection():
+async def test_leaving_an_answer_early_closes_its_connection(make_client: Clients):
     pieces = [chunked_head(), chunk(b"first"), chunk(b"second"), LAST_CHUNK]
     async with ScriptedServer(lambda _: Reply(pieces, pause_s=0.2)) as server:
-        client = HttpClient(server.url)
+        client = make_client(server.url)
         async with client.stream("POST", "/", {}) as answer:
             async for _ in answer.iter_bytes():
                 break
@@ -109,33 +130,34 @@ async def test_leaving_an_answer_early_closes_its_connection():
     assert server.connections == 2
 
 
-async def test_an_upstream_that_stalls_times_out():
+async def test_an_upstream_that_stalls_times_out(make_client: Clients):
     async with ScriptedServer(lambda _: Reply([chunked_head()], pause_s=0)) as server:
-        client = HttpClient(server.url, timeout_s=0.2)
+        client = make_client(server.url, timeout_s=0.2)
         with pytest.raises(UpstreamConnectionError, match=r"no answer .* for 0\.2 s"):
             await client.request("GET", "/")
         await client.aclose()
 
 
-async def test_an_unreachable_upstream_is_named():
+async def test_an_unreachable_upstream_is_named(make_client: Clients):
     (port,) = free_ports(1)
-    client = HttpClient(f"http://127.0.0.1:{port}")
+    client = make_client(f"http://127.0.0.1:{port}")
     with pytest.raises(UpstreamConnectionError, match=f"127.0.0.1:{port}"):
         await client.request("GET", "/")
+    await client.aclose()
 
 
-async def test_an_answer_that_is_not_http_is_a_connection_error():
+async def test_an_answer_that_is_not_http_is_a_connection_error(make_client: Clients):
     async with ScriptedServer(lambda _: Reply([b"SSH-2.0-OpenSSH\r\n\r\n"])) as server:
-        client = HttpClient(server.url)
+        client = make_client(server.url)
         with pytest.raises(UpstreamConnectionError, match="not HTTP"):
             await client.request("GET", "/")
         await client.aclose()
 
 
-async def test_a_large_body_read_slowly_arrives_whole():
+async def test_a_large_body_read_slowly_arrives_whole(make_client: Clients):
     body = bytes(range(256)) * 8192  # 2 MiB: reading pauses and resumes several times
     async with ScriptedServer(lambda _: Reply([response(200, body, "x/bytes")])) as server:
-        client = HttpClient(server.url)
+        client = make_client(server.url)
         received = bytearray()
         async with client.stream("GET", "/") as answer:
             async for piece in answer.iter_bytes():
@@ -146,6 +168,6 @@ async def test_a_large_body_read_slowly_arrives_whole():
 
 
 @pytest.mark.parametrize("url", ["ftp://host/", "127.0.0.1:8000", "http://"])
-def test_a_url_that_is_not_http_is_refused(url: str):
+def test_a_url_that_is_not_http_is_refused(make_client: Clients, url: str):
     with pytest.raises(ValueError, match="not an http"):
-        HttpClient(url)
+        make_client(url)

@@ -77,6 +77,37 @@ async def test_admit_snapshot_record_remove_round_trip(
     assert set(raw.keys(f"throttllem:{instance}:*")) == {f"throttllem:{instance}:version".encode()}
 
 
+def gets(raw: redis.Redis) -> int:
+    """GETs the Redis server has run so far, its scripts' included."""
+    return int(raw.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+
+async def test_counting_tokens_of_an_entry_it_wrote_reads_nothing_back(
+    store: RedisStateStore, instance: str, raw: redis.Redis
+):
+    assert await store.admit(entry("own"), expected_version=0)
+    before = gets(raw)
+    await store.record_tokens("own", 1, now_s=1_700_000_000.5)
+    await store.record_tokens("own", 2, now_s=1_700_000_000.6)
+    assert gets(raw) == before
+    (recorded,) = (await store.snapshot()).entries
+    assert (recorded.generated_tokens, recorded.first_token_s) == (2, 1_700_000_000.5)
+
+    other = RedisStateStore.connect(REDIS_URL, instance, entry_ttl_s=10.0)
+    try:  # an entry another store wrote (a worker restarted): read first, then counted
+        before = gets(raw)
+        await other.record_tokens("own", 5, now_s=1_700_000_001.0)
+        assert gets(raw) == before + 1
+        (recorded,) = (await store.snapshot()).entries
+        assert (recorded.generated_tokens, recorded.first_token_s) == (5, 1_700_000_000.5)
+    finally:
+        await other.aclose()
+
+    raw.delete(f"throttllem:{instance}:request:own")  # a Redis restarted empty, say
+    await store.record_tokens("own", 6, now_s=1_700_000_002.0)
+    assert not raw.exists(f"throttllem:{instance}:request:own")  # never resurrected
+
+
 async def test_concurrent_admits_on_one_version_let_exactly_one_in(instance: str):
     stores = [RedisStateStore.connect(REDIS_URL, instance, 10.0) for _ in range(20)]
     try:

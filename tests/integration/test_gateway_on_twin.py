@@ -286,12 +286,24 @@ def test_workers_log_with_time_and_level_and_a_dead_one_is_logged(
     dropped, and a worker's death left no line."""
     env = {"THROTTLLEM_REDIS_URL": REDIS_URL, "THROTTLLEM_INSTANCE": instance}
     with gateway(stack, tmp_path, env, workers=2) as base_url:
-        workers = [int(line.split()[3]) for line in _lines(tmp_path, "Started server process")]
-        assert len(set(workers)) == 2, "each worker logs its start, in our format"
+        workers = _started_workers(tmp_path, 2)
+        assert len(workers) == 2, "each worker logs its start, in our format"
         os.kill(workers[0], signal.SIGKILL)
         assert eventually(lambda: bool(_lines(tmp_path, f"Child process [{workers[0]}] died")),
                           within_s=10.0)  # fmt: skip
         assert httpx.get(f"{base_url}/health/live").status_code == 200
+
+
+def _started_workers(log_dir: Path, count: int) -> list[int]:
+    """The pids of the workers that logged their start, once `count` have (the gateway is
+    ready when its first worker is) or 30 s have passed."""
+
+    def started() -> list[int]:
+        lines = _lines(log_dir, "Started server process")
+        return sorted({int(line.split()[3]) for line in lines})
+
+    eventually(lambda: len(started()) >= count, within_s=30.0)
+    return started()
 
 
 def _lines(log_dir: Path, text: str) -> list[str]:
@@ -312,7 +324,7 @@ def test_workers_of_a_killed_master_stop_and_take_its_metrics_folder_with_them(
     its private metrics folder behind."""
     env = {"THROTTLLEM_REDIS_URL": REDIS_URL, "THROTTLLEM_INSTANCE": instance}
     with gateway(stack, tmp_path, env, workers=2):
-        workers = {int(line.split()[3]) for line in _lines(tmp_path, "Started server process")}
+        workers = set(_started_workers(tmp_path, 2))
         (master,) = {_parent(pid) for pid in workers}
         metrics_dir = Path(_environ(next(iter(workers)))["PROMETHEUS_MULTIPROC_DIR"])
         assert metrics_dir.is_dir()

@@ -10,8 +10,17 @@ request is sent. Streamed requests of 64 tokens, at a lower rate and run first, 
 second upstream that paces its tokens and writes each one's send time as its text: each
 token's trip (sent by the upstream to read by the client) is timed direct and through a
 gateway in front of that upstream, and the added per-chunk latency is the difference of
-their medians. `max_rps` is a closed loop of many concurrent requests against a fresh
-gateway for a few seconds.
+their medians.
+
+Side by side, all serving at once: the upstream itself, a bare FastAPI + httpx
+pass-through proxy (throttllem.bench.bare_proxy, the reference) and the gateway as
+deployed (length prediction, planned admission and the Redis scoreboard on) once over
+each upstream client (`httptools`, its own; `aiohttp`), the last three with
+`compare_workers` workers each. In interleaved rounds, each gets closed loops: one
+request at a time (c=1: latency), then `compare_concurrency` always in flight
+(throughput). The load goes out over the lean httptools client, one keep-alive
+connection per request in flight, so the load generator takes little of the shared
+cores. `max_rps` is the gateway's throughput there.
 
 The load generator, the upstream and the gateway share this machine's cores, so every
 figure includes their contention.
@@ -30,13 +39,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
 import numpy as np
+
+from gateway.backends.http_client import HttpClient, UpstreamConnectionError
+from throttllem.bench.bare_proxy import UPSTREAM_ENV
 
 MODEL = "bench-model"
 TRITON_MODEL = "ensemble"
@@ -50,6 +62,12 @@ CLIENTS = 16
 REQUEST_TIMEOUT_S = 20.0  # an overloaded gateway fails requests instead of stalling
 T = TypeVar("T")
 TARGETS_MS = {"added_p50": 2.0, "added_p99": 10.0, "stream_chunk_added_p50": 0.5}
+# Against the bare proxy: c=1 p50 at most 1.5x its own, throughput at least 0.6x its own.
+C1_P50_RATIO_MAX = 1.5
+THROUGHPUT_RATIO_MIN = 0.6
+LIBRARY_WITHIN = 0.10  # the library client is kept when it is this close to the hand-written one
+LENGTH_MODEL = "llama-2-13b-chat-hf"
+PERFORMANCE_PROFILE = "a100-40gb/llama-2-13b/tp1"
 
 
 @dataclass(frozen=True)
@@ -58,9 +76,10 @@ class BenchOptions:
     duration_s: float = 10.0
     stream_rate_per_s: float = 20.0
     warmup_s: float = 1.0
-    max_rps_concurrency: int = 64
-    max_rps_duration_s: float = 3.0
-    max_rps_workers: int = 2
+    compare_concurrency: int = 32
+    compare_duration_s: float = 6.0  # each server's, split over the rounds
+    compare_rounds: int = 3
+    compare_workers: int = 2
     # More than one worker needs the shared scoreboard; each run gets a scoreboard of its own.
     redis_url: str = "redis://127.0.0.1:6379/0"
     seed: int = 0
@@ -76,7 +95,7 @@ def bench_gateway(json_path: Path | None, options: BenchOptions | None = None) -
     upstream_url = f"http://127.0.0.1:{upstream_port}"
     paced_url = f"http://127.0.0.1:{paced_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
-    workers = options.max_rps_workers if serve_has_workers_flag() else 1
+    workers = options.compare_workers if serve_has_workers_flag() else 1
     with (
         _server(upstream_command(upstream_port), os.environ.copy(), f"{upstream_url}/v2/health/ready"),
         _server(upstream_command(paced_port, STREAM_TOKEN_INTERVAL_MS), os.environ.copy(),
@@ -84,19 +103,41 @@ def bench_gateway(json_path: Path | None, options: BenchOptions | None = None) -
     ):  # fmt: skip
         with _server(gateway_command(gateway_port), _gateway_env(paced_url), f"{gateway_url}/health/ready"):  # fmt: skip
             runs = _run(_stream_runs(paced_url, gateway_url, options))
-        env = _gateway_env(upstream_url)
-        with _server(gateway_command(gateway_port), env, f"{gateway_url}/health/ready"):
+        with _server(gateway_command(gateway_port), _gateway_env(upstream_url), f"{gateway_url}/health/ready"):  # fmt: skip
             runs |= _run(_latency_runs(upstream_url, gateway_url, options))
-        workers_env = (env | _scoreboard_env(options.redis_url)) if workers > 1 else env
-        with _server(
-            gateway_command(gateway_port, workers), workers_env, f"{gateway_url}/health/ready"
-        ):
-            max_rps = _run(_max_rps(gateway_url, options))
-    report = _report(runs, max_rps, workers, options)
+        compared = _side_by_side(upstream_url, workers, options)
+    report = _report(runs, compared, workers, options)
     _print(report)
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _side_by_side(
+    upstream_url: str, workers: int, options: BenchOptions
+) -> dict[str, dict[str, Any]]:
+    """The upstream, the bare proxy and the gateway over each client, all serving at
+    once, measured in turn in interleaved rounds: a slow spell of a shared machine then
+    falls on every one of them, not on one."""
+    bare_port, gateway_port, aiohttp_port = free_ports(3)
+    generate = f"/v2/models/{TRITON_MODEL}/generate_stream"
+    triton_body, openai_body = _triton_body(LATENCY_TOKENS), _openai_body(LATENCY_TOKENS, False)
+    gateway_env = _deployed_gateway_env(upstream_url, options.redis_url) if workers > 1 else (
+        _gateway_env(upstream_url) | _predictor_env()
+    )  # fmt: skip
+    targets = {"direct": (upstream_url, generate, triton_body)}
+    with ExitStack() as servers:
+        url = f"http://127.0.0.1:{bare_port}"
+        servers.enter_context(_server(bare_proxy_command(bare_port, workers),
+                                      os.environ | {UPSTREAM_ENV: upstream_url}, f"{url}/health"))  # fmt: skip
+        targets["bare_proxy"] = (url, generate, triton_body)
+        for name, client, port in (("gateway", "httptools", gateway_port),
+                                   ("gateway_aiohttp", "aiohttp", aiohttp_port)):  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            env = gateway_env | {"THROTTLLEM_UPSTREAM_CLIENT": client}
+            servers.enter_context(_server(gateway_command(port, workers), env, f"{url}/health/ready"))  # fmt: skip
+            targets[name] = (url, "/v1/completions", openai_body)
+        return _run(_rounds(targets, options))
 
 
 def upstream_command(port: int, token_interval_ms: float = 0.0) -> list[str]:
@@ -108,6 +149,18 @@ def gateway_command(port: int, workers: int = 1) -> list[str]:
     command = [sys.executable, "-m", "throttllem", "--log-level", "WARNING", "serve"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     return command + (["--workers", str(workers)] if workers > 1 else [])
+
+
+def bare_proxy_command(port: int, workers: int = 1) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "throttllem.bench.bare_proxy:create_app",
+    ]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    return [*command, "--no-access-log", "--workers", str(workers)]
 
 
 def serve_has_workers_flag() -> bool:
@@ -125,6 +178,20 @@ def _gateway_env(upstream_url: str) -> dict[str, str]:
         "THROTTLLEM_SERVED_MODEL_NAME": MODEL,
         "THROTTLLEM_GPU_BACKEND": "none",
     }
+
+
+def _predictor_env() -> dict[str, str]:
+    """The shipped length and performance models: prediction and planned admission on."""
+    from predictor.shipped import length_model_path, performance_model_path
+
+    return {
+        "THROTTLLEM_LENGTH_MODEL_PATH": str(length_model_path(LENGTH_MODEL)),
+        "THROTTLLEM_PERFORMANCE_MODEL_PATH": str(performance_model_path(PERFORMANCE_PROFILE)),
+    }
+
+
+def _deployed_gateway_env(upstream_url: str, redis_url: str) -> dict[str, str]:
+    return _gateway_env(upstream_url) | _predictor_env() | _scoreboard_env(redis_url)
 
 
 def _run(main: Coroutine[Any, Any, T]) -> T:
@@ -200,16 +267,79 @@ async def _runs(
     return runs
 
 
-async def _max_rps(gateway_url: str, options: BenchOptions) -> float:
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": LATENCY_TOKENS}
+async def _rounds(
+    targets: dict[str, tuple[str, str, dict[str, Any]]], options: BenchOptions
+) -> dict[str, dict[str, Any]]:
+    """A warm-up of each, then `compare_rounds` rounds in which each gets one request at a
+    time, then `compare_concurrency` at a time; each loop's share of `compare_duration_s`."""
+    concurrency, rounds = options.compare_concurrency, options.compare_rounds
+    loop_s = options.compare_duration_s / rounds
+    for url, path, body in targets.values():
+        await _closed_loop(url, path, body, concurrency, options.warmup_s)
+    one: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    many: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (url, path, body) in targets.items():
+            one[name].append(await _closed_loop(url, path, body, 1, loop_s))
+            many[name].append(await _closed_loop(url, path, body, concurrency, loop_s))
+    return {name: _pooled(one[name], many[name], concurrency) for name in targets}
 
-    async def action(client: httpx.AsyncClient) -> float:
-        return await _read_all(client, f"{gateway_url}/v1/completions", body)
 
-    concurrency = options.max_rps_concurrency
-    async with _Clients() as clients:
-        await _closed_loop(action, clients, concurrency, options.warmup_s)
-        return await _closed_loop(action, clients, concurrency, options.max_rps_duration_s)
+def _pooled(
+    one: list[dict[str, Any]], many: list[dict[str, Any]], concurrency: int
+) -> dict[str, Any]:
+    one_ms = np.concatenate([run["latency_ms"] for run in one])
+    many_ms = np.concatenate([run["latency_ms"] for run in many])
+    errors = [run["first_error"] for run in one + many if run["first_error"]]
+    return {
+        "c1_p50_ms": _percentile(one_ms, 50),
+        "c1_p99_ms": _percentile(one_ms, 99),
+        "throughput_rps": len(many_ms) / sum(run["elapsed_s"] for run in many),
+        "throughput_rps_by_round": [run["completed_per_s"] for run in many],
+        f"c{concurrency}_p50_ms": _percentile(many_ms, 50),
+        "requests": len(one_ms) + len(many_ms),
+        "errors": sum(run["errors"] for run in one + many),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+async def _closed_loop(
+    base_url: str, path: str, body: dict[str, Any], concurrency: int, duration_s: float
+) -> dict[str, Any]:
+    """`concurrency` requests always in flight for `duration_s`, each on its connection."""
+    clients = [HttpClient(base_url, timeout_s=REQUEST_TIMEOUT_S) for _ in range(concurrency)]
+    latency_ms: list[float] = []
+    errors: list[str] = []
+    deadline_s = time.perf_counter() + duration_s
+
+    async def worker(client: HttpClient) -> None:
+        while time.perf_counter() < deadline_s:
+            sent_s = time.perf_counter()
+            try:
+                status, answer = await client.request("POST", path, body)
+            except UpstreamConnectionError as error:
+                errors.append(repr(error))
+                await asyncio.sleep(0.01)  # a server that is down: no busy loop
+                continue
+            if status != 200:
+                errors.append(f"HTTP {status}: {answer[:200]!r}")
+                continue
+            latency_ms.append((time.perf_counter() - sent_s) * 1000)
+
+    started_s = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(client) for client in clients))
+    finally:
+        for client in clients:
+            await client.aclose()
+    elapsed_s = time.perf_counter() - started_s
+    return {
+        "latency_ms": np.array(latency_ms),
+        "elapsed_s": elapsed_s,
+        "completed_per_s": len(latency_ms) / elapsed_s,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
 
 
 _Action = Callable[[httpx.AsyncClient], Awaitable[Any]]
@@ -316,29 +446,11 @@ async def _open_loop(
     }
 
 
-async def _closed_loop(
-    action: _Action, clients: _Clients, concurrency: int, duration_s: float
-) -> float:
-    """Completed requests per second with `concurrency` requests always in flight."""
-    deadline_s = time.perf_counter() + duration_s
-    completed = 0
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal completed
-        while time.perf_counter() < deadline_s:
-            with suppress(_Failed, httpx.HTTPError):
-                await action(client)
-                completed += 1
-
-    started_s = time.perf_counter()
-    await asyncio.gather(*(worker(clients.next()) for _ in range(concurrency)))
-    return completed / (time.perf_counter() - started_s)
-
-
 def _report(
-    runs: dict[str, dict[str, Any]], max_rps: float, workers: int, options: BenchOptions
-) -> dict[str, Any]:
-    for name, run in runs.items():
+    runs: dict[str, dict[str, Any]], compared: dict[str, dict[str, Any]], workers: int,
+    options: BenchOptions,
+) -> dict[str, Any]:  # fmt: skip
+    for name, run in [*runs.items(), *compared.items()]:
         if run["requests"] == 0:
             raise RuntimeError(f"bench gateway: every {name} request failed: {run['first_error']}")
     sides = {}
@@ -365,11 +477,19 @@ def _report(
             p: gateway[f"stream_token_trip_{p}"] - direct[f"stream_token_trip_{p}"]
             for p in ("p50", "p99")
         },
-        "max_rps": max_rps,
+        "max_rps": compared["gateway"]["throughput_rps"],
+        "side_by_side": compared,
+        "against_bare_proxy": _against_bare_proxy(compared),
+        "library_client": _library_client(compared),
         "setting": asdict(options) | {
-            "max_rps_workers": workers,
-            "max_rps_workers_asked": options.max_rps_workers,
-            "max_rps_scoreboard": f"redis {options.redis_url}" if workers > 1 else "memory",
+            "compare_workers": workers,
+            "compare_workers_asked": options.compare_workers,
+            "compare_scoreboard": f"redis {options.redis_url}" if workers > 1 else "memory",
+            "compare_gateway": f"length model {LENGTH_MODEL}, performance model "
+            f"{PERFORMANCE_PROFILE}: prediction and planned admission on; no GPU backend",
+            "compare_load": "closed loops over the httptools client, one keep-alive "
+            "connection per request in flight",
+            "bare_proxy": "throttllem.bench.bare_proxy: FastAPI + httpx pass-through",
             "latency_gateway_workers": 1,
             "arrivals": "poisson, open loop",
             "load_clients": f"{CLIENTS} keep-alive httpx clients taken in turn (one client "
@@ -393,6 +513,36 @@ def _report(
     }  # fmt: skip
 
 
+def _against_bare_proxy(compared: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each gateway's c=1 p50 and throughput as multiples of the bare proxy's."""
+    bare = compared["bare_proxy"]
+    ratios = {}
+    for name in ("gateway", "gateway_aiohttp"):
+        p50_ratio = compared[name]["c1_p50_ms"] / bare["c1_p50_ms"]
+        throughput_ratio = compared[name]["throughput_rps"] / bare["throughput_rps"]
+        ratios[name] = {
+            "c1_p50_ratio": p50_ratio,
+            "c1_p50_ratio_met": p50_ratio <= C1_P50_RATIO_MAX,
+            "throughput_ratio": throughput_ratio,
+            "throughput_ratio_met": throughput_ratio >= THROUGHPUT_RATIO_MIN,
+        }
+    return ratios
+
+
+def _library_client(compared: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """aiohttp's client against the hand-written one, each figure as a relative change
+    (positive: aiohttp is worse), and whether both are within `LIBRARY_WITHIN`."""
+    own, library = compared["gateway"], compared["gateway_aiohttp"]
+    p50_worse = library["c1_p50_ms"] / own["c1_p50_ms"] - 1
+    throughput_worse = 1 - library["throughput_rps"] / own["throughput_rps"]
+    return {
+        "c1_p50_worse": p50_worse,
+        "throughput_worse": throughput_worse,
+        "within": LIBRARY_WITHIN,
+        "library_within": max(p50_worse, throughput_worse) <= LIBRARY_WITHIN,
+    }
+
+
 def _percentile(values: np.ndarray, percent: float) -> float:
     return float(np.percentile(values, percent)) if len(values) else float("nan")
 
@@ -414,17 +564,42 @@ def _print(report: dict[str, Any]) -> None:
         met = "met" if value <= target else "MISSED"
         print(f"  {label:<40} {direct[key]:>8.3f} {gateway[key]:>8.3f} {value:>8.3f}   "
               f"<= {target:g} ms ({met})")  # fmt: skip
-    workers = s["max_rps_workers"]
-    note = "" if workers == s["max_rps_workers_asked"] else " (serve has no --workers)"
-    print(f"  max_rps: {report['max_rps']:.0f} completed req/s, closed loop of "
-          f"{s['max_rps_concurrency']} for {s['max_rps_duration_s']:g} s, {workers} worker(s){note}, "
-          f"scoreboard {s['max_rps_scoreboard']}")  # fmt: skip
+    _print_side_by_side(report)
     for name, side in (("direct", direct), ("gateway", gateway)):
         error = f", first: {side['first_error']}" if side["errors"] else ""
         print(f"  {name}: {side['requests']} requests ({side['completed_per_s']:.0f}/s completed), "
               f"{side['errors']} errors{error}; send lag p99 {side['send_lag_p99']:.2f} ms; "
               f"{side['stream_tokens']} streamed tokens timed, trip p99 "
               f"{side['stream_token_trip_p99']:.2f} ms")  # fmt: skip
+
+
+def _print_side_by_side(report: dict[str, Any]) -> None:
+    s, compared = report["setting"], report["side_by_side"]
+    workers = s["compare_workers"]
+    note = "" if workers == s["compare_workers_asked"] else " (serve has no --workers)"
+    concurrency = s["compare_concurrency"]
+    print(f"side by side: closed loops of {s['compare_duration_s']:g} s, {workers} worker(s) "
+          f"each{note}; the gateway with prediction, planned admission and scoreboard "
+          f"{s['compare_scoreboard']}")  # fmt: skip
+    print(f"  {'server':<28} {'c=1 p50 ms':>11} {'c=1 p99 ms':>11} "
+          f"{f'c={concurrency} req/s':>12} {'errors':>7}")  # fmt: skip
+    labels = {"direct": "upstream, direct", "bare_proxy": "bare FastAPI+httpx proxy",
+              "gateway": "gateway (httptools client)", "gateway_aiohttp": "gateway (aiohttp client)"}  # fmt: skip
+    for name, label in labels.items():
+        row = compared[name]
+        error = f"  first: {row['first_error']}" if row["errors"] else ""
+        print(f"  {label:<28} {row['c1_p50_ms']:>11.3f} {row['c1_p99_ms']:>11.3f} "
+              f"{row['throughput_rps']:>12.0f} {row['errors']:>7}{error}")  # fmt: skip
+    for name, ratios in report["against_bare_proxy"].items():
+        p50_met = "met" if ratios["c1_p50_ratio_met"] else "MISSED"
+        rps_met = "met" if ratios["throughput_ratio_met"] else "MISSED"
+        print(f"  {labels[name]} / bare proxy: c=1 p50 {ratios['c1_p50_ratio']:.2f}x "
+              f"(<= {C1_P50_RATIO_MAX:g}x, {p50_met}); c={concurrency} req/s "
+              f"{ratios['throughput_ratio']:.2f}x (>= {THROUGHPUT_RATIO_MIN:g}x, {rps_met})")  # fmt: skip
+    library = report["library_client"]
+    verdict = "within" if library["library_within"] else "not within"
+    print(f"  aiohttp against httptools: c=1 p50 {library['c1_p50_worse']:+.1%}, "
+          f"req/s {-library['throughput_worse']:+.1%}: {verdict} {LIBRARY_WITHIN:.0%}")  # fmt: skip
 
 
 def free_ports(count: int) -> list[int]:
