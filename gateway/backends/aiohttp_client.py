@@ -12,11 +12,10 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.backends.http_client import UpstreamConnectionError, user_agent
+from gateway.backends.http_client import UpstreamConnectionError, upstream_url_parts, user_agent
 
 
 class AiohttpResponse:
@@ -58,9 +57,7 @@ class AiohttpClient:
         timeout_s: float = 600.0,
         connect_timeout_s: float = 5.0,
     ) -> None:
-        parts = urlsplit(base_url.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"the upstream URL {base_url!r} is not an http(s)://host[:port] URL")
+        upstream_url_parts(base_url)  # refused here, as by the hand-written client
         self.base_url = base_url.rstrip("/")
         self._headers = {"User-Agent": user_agent(), **(headers or {})}
         # Like the hand-written client: `timeout_s` bounds each wait for the upstream.

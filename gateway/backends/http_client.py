@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httptools
 
@@ -69,9 +69,7 @@ class HttpClient:
         connect_timeout_s: float = 5.0,
         max_idle_connections: int = MAX_IDLE_CONNECTIONS,
     ) -> None:
-        parts = urlsplit(base_url.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"the upstream URL {base_url!r} is not an http(s)://host[:port] URL")
+        parts = upstream_url_parts(base_url)
         self.base_url = base_url.rstrip("/")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -308,6 +306,14 @@ def decode_json(body: bytes) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def upstream_url_parts(base_url: str) -> SplitResult:
+    """`base_url` split; ValueError unless it is http(s)://host[:port][/prefix]."""
+    parts = urlsplit(base_url.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"the upstream URL {base_url!r} is not an http(s)://host[:port] URL")
+    return parts
 
 
 def user_agent() -> str:
