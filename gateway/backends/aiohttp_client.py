@@ -15,7 +15,12 @@ from typing import Any
 
 import aiohttp
 
-from gateway.backends.http_client import UpstreamConnectionError, upstream_url_parts, user_agent
+from gateway.backends.http_client import (
+    UpstreamConnectionError,
+    timed_out,
+    upstream_url_parts,
+    user_agent,
+)
 
 
 class AiohttpResponse:
@@ -33,7 +38,7 @@ class AiohttpResponse:
             async for piece in self._response.content.iter_any():
                 yield piece
         except TimeoutError as error:
-            raise _timed_out(self._timeout_s) from error
+            raise timed_out(self._timeout_s) from error
         except aiohttp.ClientError as error:
             raise UpstreamConnectionError(
                 f"the upstream broke off its answer: {error!r}"
@@ -111,7 +116,7 @@ class AiohttpClient:
 
     def _failure(self, error: Exception) -> Exception:
         if isinstance(error, aiohttp.ServerTimeoutError) and "connect" not in str(error):
-            return _timed_out(self._timeout_s)
+            return timed_out(self._timeout_s)
         if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
             return UpstreamConnectionError(f"the upstream's answer is not HTTP/1.1: {error!r}")
         if isinstance(error, aiohttp.ClientError | TimeoutError):
@@ -126,7 +131,3 @@ class AiohttpClient:
             skip_auto_headers=("Accept-Encoding",),  # an event stream is not worth gzip
         )
         return self._session
-
-
-def _timed_out(timeout_s: float) -> UpstreamConnectionError:
-    return UpstreamConnectionError(f"no answer from the upstream for {timeout_s:g} s")

@@ -243,9 +243,7 @@ class _Connection(asyncio.Protocol):
 
     def _time_out(self, waiter: asyncio.Future[None], timeout_s: float) -> None:
         if not waiter.done():
-            waiter.set_exception(
-                UpstreamConnectionError(f"no answer from the upstream for {timeout_s:g} s")
-            )
+            waiter.set_exception(timed_out(timeout_s))
         self.close()
 
     # asyncio.Protocol
@@ -306,6 +304,10 @@ def decode_json(body: bytes) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def timed_out(timeout_s: float) -> UpstreamConnectionError:
+    return UpstreamConnectionError(f"no answer from the upstream for {timeout_s:g} s")
 
 
 def upstream_url_parts(base_url: str) -> SplitResult:
