@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.schemas import FinishReason, GenerationFields
+from gateway.schemas import FinishReason, GenerationFields, Usage
 
 Role = Literal["system", "developer", "user", "assistant"]
 
@@ -109,7 +109,7 @@ def chat_completion(
     model: str,
     content: str,
     finish_reason: FinishReason,
-    usage_counts: dict[str, int] | None,
+    usage_counts: Usage | None,
     created_s: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -148,7 +148,7 @@ def chat_chunk(
 
 
 def chat_usage_chunk(
-    completion_id: str, model: str, usage_counts: dict[str, int], created_s: int
+    completion_id: str, model: str, usage_counts: Usage, created_s: int
 ) -> dict[str, Any]:
     """The last chunk with `stream_options.include_usage`: no choices, only the usage."""
     return {

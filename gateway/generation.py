@@ -1,7 +1,9 @@
 """One generation: admitted through the planner, streamed from the backend, accounted.
 
 It counts tokens exactly, times TTFT/TBT/E2E, keeps its scoreboard entry current, checks
-its promises at the end, and leaves the board when the engine is done with it.
+its promises at the end, and leaves the board when the engine is done with it, settling
+its energy account then (slo_scoreboard/energy_ledger.py): `energy` is its share of the
+GPUs' energy, or None where the ledger cannot vouch for one.
 
 The upstream stream is read by a task of its own (`_pump`), not by the client's handler,
 so the answer outlives a client that leaves: when the backend cannot cancel a request
@@ -26,7 +28,8 @@ from gateway.backends.base import GenerationChunk, GenerationRequest
 from gateway.schemas import FinishReason
 from gateway.services import Services
 from gateway.slo import RequestSlo
-from slo_scoreboard.store import RequestEntry
+from slo_scoreboard.energy_ledger import RequestEnergy, Settlement
+from slo_scoreboard.store import RequestEntry, StateStoreError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class Generation:
         self.admitted: Admitted | None = None
         self._arrival_wall_s = time.time()
         self._arrival_s = time.monotonic()
+        self._admitted_wall_s = self._arrival_wall_s
+        self.energy: RequestEnergy | None = None
         self._first_token_s: float | None = None
         self._last_token_s: float | None = None
         self._recorded_s: float | None = None  # when the board last heard its count
@@ -83,6 +88,7 @@ class Generation:
             worker=WORKER,
         )
         self.admitted = await self._services.admission.enter(entry)
+        self._admitted_wall_s = time.time()
         self._services.metrics.in_flight.inc()
         self._services.board_changed()
 
@@ -147,10 +153,26 @@ class Generation:
         services.metrics.in_flight.dec()
         await services.admission.release(self.request_id)
         services.board_changed()
+        await self._settle_energy()
         if self._finished:
             self._judge()
         else:
             services.metrics.cancelled.inc()
+
+    async def _settle_energy(self) -> None:
+        """Close its energy account, off the board (so no window bills it again)."""
+        ledger = self._services.parts.ledger
+        if ledger is None:
+            return
+        settlement = Settlement(self.request_id, self.completion_tokens, self.prompt_tokens,
+                                self._admitted_wall_s, time.time())  # fmt: skip
+        try:
+            energy = await ledger.settle(settlement)
+        except StateStoreError as error:
+            log.debug("request %s: energy not settled: %s", self.request_id, error)
+            return
+        if self._finished:
+            self.energy = energy
 
     def _judge(self) -> None:
         metrics, now_s = self._services.metrics, time.monotonic()
@@ -170,6 +192,13 @@ class Generation:
                 misses.append("tpot")
         if now_s - self._arrival_s > self.slo.e2e_s:
             misses.append("e2e")
+        if self.energy is not None:
+            model = self._services.settings.served_model_name
+            metrics.energy_j.labels(model).observe(self.energy.total_j)
+            if self.completion_tokens > 0:
+                metrics.energy_per_token_j.labels(model).observe(
+                    self.energy.total_j / self.completion_tokens
+                )
         for slo in misses:
             metrics.slo_misses.labels(slo).inc()
         metrics.slo_requests.labels("missed" if misses else "met").inc()

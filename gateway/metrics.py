@@ -23,6 +23,8 @@ from prometheus_client.registry import Collector
 from predictor.loading import Predictions
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_ENERGY_BUCKETS_J = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+_ENERGY_PER_TOKEN_BUCKETS_J = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20)
 _TBT_BUCKETS_S = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.5, 1)
 
 
@@ -107,6 +109,22 @@ class GatewayMetrics:
             "throttllem_slo_requests",
             "Finished requests, by whether they kept every promise (met, missed).",
             ["outcome"],
+            registry=self._values,
+        )
+        self.energy_j = Histogram(
+            "throttllem_request_energy_joules",
+            "GPU energy attributed to each finished request, idle share included "
+            "(docs/energy.md), by served model.",
+            ["model"],
+            buckets=_ENERGY_BUCKETS_J,
+            registry=self._values,
+        )
+        self.energy_per_token_j = Histogram(
+            "throttllem_energy_per_output_token_joules",
+            "GPU energy attributed to each finished request over its output tokens, by "
+            "served model.",
+            ["model"],
+            buckets=_ENERGY_PER_TOKEN_BUCKETS_J,
             registry=self._values,
         )
         self.cancelled = Counter(

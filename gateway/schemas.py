@@ -82,12 +82,27 @@ def new_completion_id() -> str:
     return f"cmpl-{uuid.uuid4().hex}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+# OpenAI's usage object, and with energy attribution on (docs/energy.md) the joules the
+# GPUs spent on the answer: `energy_j` in all, `energy_idle_j` of it their idle share.
+Usage = dict[str, int | float]
+ENERGY_DECIMALS = 4
+
+
+def usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    energy_j: float | None = None,
+    energy_idle_j: float | None = None,
+) -> Usage:
+    counts: Usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if energy_j is not None and energy_idle_j is not None:
+        counts["energy_j"] = round(energy_j, ENERGY_DECIMALS)
+        counts["energy_idle_j"] = round(energy_idle_j, ENERGY_DECIMALS)
+    return counts
 
 
 def completion(
@@ -95,7 +110,7 @@ def completion(
     model: str,
     text: str,
     finish_reason: FinishReason | None,
-    usage_counts: dict[str, int] | None = None,
+    usage_counts: Usage | None = None,
     created_s: int | None = None,
 ) -> dict[str, Any]:
     """One completion object; a stream chunk is the same shape with the delta text."""

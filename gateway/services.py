@@ -22,6 +22,7 @@ from gateway.settings import GatewaySettings
 from predictor.loading import Predictions
 from predictor.tokenizer import PromptTokenizer
 from slo_planner.admission import AdmissionPlanner
+from slo_scoreboard.energy_ledger import EnergyLedger
 from slo_scoreboard.store import StateStore
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class GatewayParts:
     instance: str = "default"  # the scoreboard's name, shown by /admin/scoreboard
     board_changed: Callable[[], None] = _nothing  # a request joined or left: poke the governor
     scaling: ScalingFollower | None = None  # instance scaling: arrivals and route
+    ledger: EnergyLedger | None = None  # each answer's energy; None: not told (docs/energy.md)
 
 
 # Builds the parts for one app's life (a worker's), given the gateway's metrics, and

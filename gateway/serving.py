@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.backends.base import GenerationChunk, GenerationRequest
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.generation import Generation
-from gateway.schemas import FinishReason, GenerationFields, usage
+from gateway.schemas import FinishReason, GenerationFields, Usage, usage
 from gateway.services import Services
 from gateway.slo import RequestSlo
 from predictor.length import planning_quantiles
@@ -36,6 +36,7 @@ T = TypeVar("T")
 # Up to about this many characters, encoding a prompt on the event loop (some 0.3 µs a
 # character) costs less than the hop to a worker thread and back (0.1-0.2 ms of CPU).
 INLINE_PROMPT_MAX_CHARS = 512
+ENERGY_HEADER = "x-energy-j"  # a non-streamed answer's usage.energy_j, for proxies and logs
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,11 @@ class Asked:
 class ResponseShape(Protocol):
     """How one endpoint dresses the answer (completion or chat completion)."""
 
-    def whole(self, text: str, finish_reason: FinishReason, counts: dict[str, int]) -> dict[str, Any]: ...  # fmt: skip
+    def whole(self, text: str, finish_reason: FinishReason, counts: Usage) -> dict[str, Any]: ...  # fmt: skip
     def opening(self) -> list[dict[str, Any]]: ...
     def delta(self, text: str) -> dict[str, Any]: ...
     def finish(self, finish_reason: FinishReason) -> dict[str, Any]: ...
-    def usage(self, counts: dict[str, int]) -> dict[str, Any]: ...
+    def usage(self, counts: Usage) -> dict[str, Any]: ...
 
 
 class ClientGone(Exception):
@@ -135,10 +136,22 @@ async def serve(
     except BaseException:
         await _finish(generation, chunks)
         raise
-    counts = usage(generation.prompt_tokens, generation.completion_tokens)
+    counts = usage_of(generation)
     if settings.log_prompts:
         log.info("request %s answer %r", request_id, text)
-    return JSONResponse(shape.whole(text, generation.finish_reason, counts))
+    headers = {}
+    if generation.energy is not None:
+        headers[ENERGY_HEADER] = f"{counts['energy_j']}"
+    return JSONResponse(shape.whole(text, generation.finish_reason, counts), headers=headers)
+
+
+def usage_of(generation: Generation) -> Usage:
+    """Its token counts, and its energy where the ledger vouched for one."""
+    energy = generation.energy
+    if energy is None:
+        return usage(generation.prompt_tokens, generation.completion_tokens)
+    return usage(generation.prompt_tokens, generation.completion_tokens, energy.total_j,
+                 energy.idle_j)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -253,8 +266,7 @@ async def _events(
         await _finish(generation, chunks)
         yield _event(shape.finish(generation.finish_reason))
         if asked.include_usage:
-            counts = usage(generation.prompt_tokens, generation.completion_tokens)
-            yield _event(shape.usage(counts))
+            yield _event(shape.usage(usage_of(generation)))
     except GatewayError as error:  # mid-stream: the status is sent; an error event says it
         yield _event(error.body())
     finally:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from prometheus_client import start_http_server
 
+from governor.energy_meter import EnergyMeter
 from governor.gpu.base import GpuClock, GpuError
 from governor.leadership import LeaderElection, RedisLeaderLock
 from governor.loop import ClockGovernor, FrequencyPolicy, GovernorStatus
@@ -43,6 +44,8 @@ class GovernorProcess:
     switch_latency_s: float
     scale: Callable[[StillLeading], Awaitable[None]] | None = None  # the leader's scaling
     metrics_address: tuple[str, int] | None = None  # where to serve Prometheus metrics
+    # The energy meter (blocking: loads the model), or None: no energy attribution.
+    load_meter: Callable[[], EnergyMeter | None] | None = None
 
 
 async def run_governor(process: GovernorProcess, heartbeat: Heartbeat) -> int:
@@ -60,10 +63,13 @@ async def run_governor(process: GovernorProcess, heartbeat: Heartbeat) -> int:
             heartbeat.beat()
             await asyncio.sleep(window_s)
 
-    loading = asyncio.ensure_future(asyncio.to_thread(process.load_policy))
+    def load() -> tuple[FrequencyPolicy, EnergyMeter | None]:
+        return process.load_policy(), process.load_meter() if process.load_meter else None
+
+    loading = asyncio.ensure_future(asyncio.to_thread(load))
     beating = asyncio.create_task(ticks(loading))  # loading takes seconds: stay alive meanwhile
     try:
-        policy = await loading
+        policy, meter = await loading
         gpus = await asyncio.to_thread(process.open_gpus)
     except GpuError as error:
         log.error("governor: cannot open the GPUs: %s", error)
@@ -80,7 +86,7 @@ async def run_governor(process: GovernorProcess, heartbeat: Heartbeat) -> int:
     governor = ClockGovernor(
         gpus, policy, window_s, clock_s=time.time,
         min_dwell_s=process.min_dwell_s, switch_latency_s=process.switch_latency_s,
-        on_decision=heartbeat.beat, may_actuate=still_leading,
+        on_decision=heartbeat.beat, may_actuate=still_leading, meter=meter,
     )  # fmt: skip
     if process.metrics_address is not None:
         serve_metrics(governor.status, *process.metrics_address)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from governor.energy_meter import EnergyMeter
 from governor.gpu.base import GpuClock, GpuError
 from slo_planner.clock_steps import ClockCounts, ClockSteps
 from slo_scoreboard.cancellation import raise_if_cancelled
@@ -50,6 +51,7 @@ class GovernorStatus:
     power_w: float | None = None
     energy_mj: float | None = None
     last_decision_ms: float | None = None
+    meter: EnergyMeter | None = None  # the energy meter, if this governor bills windows
 
     @property
     def target_clock_mhz(self) -> int | None:
@@ -85,13 +87,16 @@ class ClockGovernor:
         monotonic_s: Callable[[], float] = time.monotonic,
         on_decision: Callable[[], None] | None = None,
         may_actuate: Callable[[], Awaitable[bool]] | None = None,
+        meter: EnergyMeter | None = None,
     ) -> None:
         """`clock_s` is the policy's time (the scoreboard's: wall clock for the planner);
         `monotonic_s` times the dwell; `on_decision` is called after every pass (heartbeat);
         `may_actuate`, asked before every clock change, is the leader's fencing check: a
         governor that was replaced changes nothing even before it learns it lost the lead.
         Raising to the highest clock is not fenced: it is what losing the lead does anyway
-        (the clocks reset), and the check reads the store, which may be what just failed."""
+        (the clocks reset), and the check reads the store, which may be what just failed.
+        `meter`, after every pass that read the energy counter, bills its window to the
+        requests on the board (governor/energy_meter.py); one that fails bills nothing."""
         if not gpus:
             raise ValueError("a governor needs at least one GPU")
         self._gpus = list(gpus)
@@ -103,7 +108,15 @@ class ClockGovernor:
         self._may_actuate = may_actuate
         self._wake = asyncio.Event()
         self._supported: list[int] | None = None
-        self.status = GovernorStatus(self._steps.counts)
+        self.status = GovernorStatus(self._steps.counts, meter=meter)
+
+    @property
+    def meter(self) -> EnergyMeter | None:
+        return self.status.meter
+
+    @meter.setter
+    def meter(self, meter: EnergyMeter | None) -> None:
+        self.status.meter = meter
 
     def poke(self) -> None:
         """Decide now rather than at the end of the window (an admission or a completion)."""
@@ -132,6 +145,10 @@ class ClockGovernor:
         except GpuError as error:
             self._steps.failed(self._monotonic_s())
             log.warning("governor: %s", error)
+            if self.meter is not None:
+                self.meter.gap()
+        else:
+            await self._meter_window()
         if self._on_decision is not None:
             self._on_decision()
 
@@ -164,6 +181,17 @@ class ClockGovernor:
         self.status.current_clock_mhz = await self._gpus[0].clock_mhz()
         self.status.power_w = sum([await gpu.power_w() for gpu in self._gpus])
         self.status.energy_mj = sum([await gpu.energy_mj() for gpu in self._gpus])
+
+    async def _meter_window(self) -> None:
+        """Bill the window; metering is never worth a clock decision, so nothing it
+        raises leaves here."""
+        if self.meter is None or self.status.energy_mj is None:
+            return
+        try:
+            await self.meter.observe(self.status.energy_mj, self._clock_s())
+        except Exception:
+            log.exception("governor: the energy meter failed; this window is not billed")
+            self.meter.gap()
 
     async def _sleep(self) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that

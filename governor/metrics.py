@@ -55,6 +55,24 @@ class GovernorCollector(Collector):
                 status.last_decision_ms,
             ),
         ]
+        meter = status.meter
+        if meter is not None:
+            gauges += [
+                ("throttllem_energy_attributed_joules",
+                 "GPU energy billed to requests so far, J.", meter.totals.attributed_j),
+                ("throttllem_energy_unattributed_joules",
+                 "GPU energy of windows in which the engine held no request, J.",
+                 meter.totals.unattributed_j),
+                ("throttllem_energy_meter_gaps",
+                 "Windows the energy meter could not bill (counter or board unreadable).",
+                 meter.totals.gaps),
+                ("throttllem_energy_prefill_weight",
+                 "Work units of a prefilled prompt token against a generated one.",
+                 meter.prefill_weight),
+                ("throttllem_energy_idle_power_watts",
+                 "Idle power of the instance's GPUs the energy is split by, W.",
+                 meter.idle_power_w),
+            ]  # fmt: skip
         for name, documentation, value in gauges:
             if value is not None:
                 yield GaugeMetricFamily(name, documentation, value=float(value))

@@ -81,6 +81,24 @@ class GovernorSettings(BaseModel):
         description="How long an engine left behind keeps serving its requests before "
         "it is unloaded.",
     )
+    energy_attribution: bool = Field(
+        True,
+        description="Bill every governor window's GPU energy to the requests that ran in "
+        "it and tell each answer its share (`usage.energy_j`, `x-energy-j`; "
+        "docs/energy.md); off: no metering, no energy fields.",
+    )
+    energy_idle_power_w: float | None = Field(
+        None,
+        ge=0,
+        description="Idle power of one GPU, W, for the idle share of the attributed "
+        "energy; none: the lowest mean power of any governor window seen.",
+    )
+    energy_prefill_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Work units of one prefilled prompt token, against one generated "
+        "token, when splitting energy; none: from the performance model (0 without one).",
+    )
     triton_repository_token: str | None = Field(
         None,
         description="Value of the `triton-access-token` header for Triton's repository API "

@@ -116,3 +116,19 @@ def planned_iteration_times(
         prefill_s_per_token=settings.prefill_us_per_token / 1e6,
         prefill_s_per_square_token=settings.prefill_ns_per_square_token / 1e9,
     )
+
+
+REFERENCE_BATCH = 16  # the batch a prefill token's relative cost is measured against
+
+
+def prefill_weight(times: TableIterationTimes, prefill_s_per_token: float) -> float:
+    """A prompt token's engine time over a generated token's, at the highest clock: a
+    batch of `REFERENCE_BATCH` (the engine's largest if smaller) over a half-full cache
+    decodes one token per request in one iteration. The energy rule's prefill weight."""
+    grid = times.table.grid
+    batch = min(REFERENCE_BATCH, grid.max_batch)
+    iteration_s = times.seconds(
+        np.array([batch]), np.array([grid.max_kv_blocks // 2]), np.array([0]),
+        clock_index=len(times.clocks_mhz) - 1,
+    )[0]  # fmt: skip
+    return float(prefill_s_per_token / (iteration_s / batch))

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from governor.energy_meter import EnergyMeter
 from governor.govern import GovernorProcess, StillLeading, run_governor
 from governor.gpu.base import GpuClock, GpuError
 from governor.leadership import RedisLeaderLock, default_holder_id
@@ -33,7 +34,7 @@ from slo_scoreboard.roster import BoardTrust
 from slo_scoreboard.scaling_redis import RedisScalingChannel
 from throttllem.logs import configure_logging
 from throttllem.settings import Settings
-from throttllem.wiring import instance_scaler
+from throttllem.wiring import energy_ledger, energy_meter, instance_scaler
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,22 @@ def planner_policy(settings: Settings) -> FrequencyPolicy:
                          length_risk=settings.length_risk())  # fmt: skip
 
 
+def governor_meter(settings: Settings) -> EnergyMeter | None:
+    """The leader's energy meter over the scoreboard in Redis (blocking: it loads the
+    performance model for the prefill weight); None with energy attribution off."""
+    ledger = energy_ledger(settings)
+    if ledger is None:
+        return None
+    assert settings.redis_url is not None  # checked by load_settings
+    predictions = load_predictions(settings.model_copy(update={"length_model_path": None}))
+    table = predictions.performance
+    model = planned_iteration_times(table, settings) if table is not None else None
+    store = RedisStateStore.connect(
+        settings.redis_url, settings.instance, settings.state_entry_ttl_s
+    )
+    return energy_meter(settings, store, ledger, model)
+
+
 def governor_process(settings: Settings) -> GovernorProcess:
     assert settings.redis_url is not None  # checked by load_settings
     redis_url = settings.redis_url
@@ -191,6 +208,7 @@ def governor_process(settings: Settings) -> GovernorProcess:
         switch_latency_s=settings.gpu_switch_latency_ms / 1000,
         scale=scale if settings.autoscale else None,
         metrics_address=(settings.host, port) if port is not None else None,
+        load_meter=lambda: governor_meter(settings),
     )
 
 

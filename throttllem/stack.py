@@ -122,6 +122,9 @@ def run_stack(
         "engine_scheduler_policy": profile.scheduler_policy,
         "prefill_us_per_token": prefill.s_per_token * 1e6,
         "prefill_ns_per_square_token": prefill.s_per_square_token * 1e9,
+        # every GPU of a tensor-parallel twin is governed (and metered), not the first only
+        "gpu_indices": list(range(profile.tensor_parallel)),
+        "energy_idle_power_w": profile.gpu.idle_power_w,
     }
     update: dict[str, object] = {
         "backend_url": f"http://127.0.0.1:{twin_ports.http}",

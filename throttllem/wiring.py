@@ -21,6 +21,7 @@ from gateway.backends import connect_backend
 from gateway.metrics import GatewayMetrics
 from gateway.scaling_follower import ScalingFollower
 from gateway.services import GatewayParts
+from governor.energy_meter import EnergyMeter
 from governor.gpu.twin_client import TwinGpu
 from governor.loop import ClockGovernor, FrequencyPolicy, HighestClock
 from governor.metrics import GovernorCollector
@@ -31,14 +32,17 @@ from governor.triton_repository import TritonRepository
 from predictor.loading import Predictions, load_predictions
 from predictor.tokenizer import PromptTokenizer
 from slo_planner.admission import AdmissionPlanner
-from slo_planner.iteration_times import planned_iteration_times
+from slo_planner.feasibility import IterationTimes
+from slo_planner.iteration_times import TableIterationTimes, planned_iteration_times, prefill_weight
 from slo_planner.scaling import ScalingPolicy
+from slo_scoreboard.energy_ledger import EnergyLedger, MemoryEnergyLedger
+from slo_scoreboard.energy_redis import RedisEnergyLedger
 from slo_scoreboard.failover import FailoverStateStore
 from slo_scoreboard.redis_store import RedisStateStore
 from slo_scoreboard.roster import BoardTrust
 from slo_scoreboard.scaling_channel import MemoryScalingChannel, ScalingChannel
 from slo_scoreboard.scaling_redis import RedisScalingChannel
-from slo_scoreboard.store import MemoryStateStore, StateStore
+from slo_scoreboard.store import MemoryStateStore, RequestEntry, StateStore
 from throttllem.orphan import master_pid, remove_own_metrics, stop_when_orphaned
 from throttllem.settings import Settings
 
@@ -61,11 +65,15 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
     """The parts for one worker's life; the embedded governor and scaler run meanwhile."""
     predictions = await asyncio.to_thread(load_predictions, settings)
     store = state_store(settings, metrics)
+    ledger = energy_ledger(settings)
     planner = admission_planner(settings, predictions)
     governor = None
     if settings.gpu_backend is GpuBackendKind.simulated:
         governor = embedded_governor(settings, store, planner)
         metrics.watch(GovernorCollector(governor.status))
+        if ledger is not None and settings.redis_url is None:
+            model = planner.model if planner is not None else None
+            governor.meter = energy_meter(settings, store, ledger, model)
     scaling = scaling_follower(settings)
     route = (lambda: scaling.model) if scaling is not None else None
     parts = GatewayParts(
@@ -79,6 +87,7 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
         instance=settings.instance,
         board_changed=governor.poke if governor is not None else _no_governor,
         scaling=scaling,
+        ledger=ledger,
     )
     tasks = []
     master = master_pid()
@@ -100,6 +109,8 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
             await governor.aclose()
         await parts.backend.aclose()
         await store.aclose()
+        if ledger is not None:
+            await ledger.aclose()
         if scaling is not None:
             await scaling.channel.aclose()
         if master is not None and os.getppid() != master:
@@ -172,6 +183,39 @@ def embedded_governor(
         min_dwell_s=settings.governor_min_dwell_ms / 1000,
         switch_latency_s=settings.gpu_switch_latency_ms / 1000,
     )
+
+
+def energy_ledger(settings: Settings) -> EnergyLedger | None:
+    """Where answers' energy is billed: beside the scoreboard (Redis, or this process's
+    memory); None with energy attribution off."""
+    if not settings.energy_attribution:
+        return None
+    if settings.redis_url is None:
+        return MemoryEnergyLedger()
+    return RedisEnergyLedger.connect(
+        settings.redis_url, settings.instance, settings.state_entry_ttl_s
+    )
+
+
+def energy_meter(
+    settings: Settings,
+    store: StateStore,
+    ledger: EnergyLedger,
+    model: IterationTimes | None,
+) -> EnergyMeter:
+    """The governor's meter over the whole board. One meter per instance bills each
+    window: the embedded governor of a lone process, or `throttllem govern`'s leader."""
+    weight = settings.energy_prefill_weight
+    if weight is None:
+        weight = 0.0
+        if isinstance(model, TableIterationTimes):
+            weight = prefill_weight(model, settings.prefill_us_per_token / 1e6)
+
+    async def read_board() -> list[RequestEntry]:
+        return (await store.snapshot()).entries
+
+    return EnergyMeter(ledger, read_board, weight, len(settings.gpu_indices),
+                       settings.energy_idle_power_w)  # fmt: skip
 
 
 def state_store(settings: Settings, metrics: GatewayMetrics) -> StateStore:

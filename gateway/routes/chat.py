@@ -17,7 +17,7 @@ from gateway.chat_schemas import (
 )
 from gateway.chat_template import ChatTemplateError
 from gateway.errors import InvalidRequestError
-from gateway.schemas import FinishReason
+from gateway.schemas import FinishReason, Usage
 from gateway.services import ServicesDep
 from gateway.serving import Asked, created_now, serve
 
@@ -46,7 +46,7 @@ class ChatShape:
         self.id = new_chat_id()
         self.created_s = created_now()
 
-    def whole(self, text: str, finish_reason: FinishReason, counts: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    def whole(self, text: str, finish_reason: FinishReason, counts: Usage) -> dict[str, Any]:  # fmt: skip
         return chat_completion(self.id, self.model, text, finish_reason, counts, self.created_s)
 
     def opening(self) -> list[dict[str, Any]]:
@@ -59,5 +59,5 @@ class ChatShape:
     def finish(self, finish_reason: FinishReason) -> dict[str, Any]:
         return chat_chunk(self.id, self.model, {}, finish_reason, self.created_s)
 
-    def usage(self, counts: dict[str, int]) -> dict[str, Any]:
+    def usage(self, counts: Usage) -> dict[str, Any]:
         return chat_usage_chunk(self.id, self.model, counts, self.created_s)

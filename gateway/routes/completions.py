@@ -7,7 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.schemas import CompletionRequest, FinishReason, completion, new_completion_id
+from gateway.schemas import (
+    CompletionRequest,
+    FinishReason,
+    Usage,
+    completion,
+    new_completion_id,
+)
 from gateway.services import ServicesDep
 from gateway.serving import Asked, created_now, serve
 
@@ -28,7 +34,7 @@ class CompletionShape:
         self.id = new_completion_id()
         self.created_s = created_now()
 
-    def whole(self, text: str, finish_reason: FinishReason, counts: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    def whole(self, text: str, finish_reason: FinishReason, counts: Usage) -> dict[str, Any]:  # fmt: skip
         return completion(self.id, self.model, text, finish_reason, counts, self.created_s)
 
     def opening(self) -> list[dict[str, Any]]:
@@ -40,7 +46,7 @@ class CompletionShape:
     def finish(self, finish_reason: FinishReason) -> dict[str, Any]:
         return completion(self.id, self.model, "", finish_reason, created_s=self.created_s)
 
-    def usage(self, counts: dict[str, int]) -> dict[str, Any]:
+    def usage(self, counts: Usage) -> dict[str, Any]:
         final = completion(self.id, self.model, "", None, created_s=self.created_s)
         final["choices"] = []
         final["usage"] = counts

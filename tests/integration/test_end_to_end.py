@@ -70,6 +70,33 @@ def test_streamed_and_whole_answers_to_the_same_prompt_agree(client: openai.Open
     assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
 
 
+def test_answers_carry_their_energy_whole_streamed_and_in_the_header(stack: Stack,
+                                                                    client: openai.OpenAI):  # fmt: skip
+    raw = client.completions.with_raw_response.create(
+        model=MODEL, prompt="Write a long story", max_tokens=40, extra_body={"ignore_eos": True}
+    )
+    whole = raw.parse()  # the official client parses the extra usage fields
+    energy_j = whole.usage.model_extra["energy_j"]
+    idle_j = whole.usage.model_extra["energy_idle_j"]
+    assert 0 <= idle_j < energy_j
+    assert float(raw.headers["x-energy-j"]) == energy_j
+    stream = client.completions.create(
+        model=MODEL, prompt="Write a long story", max_tokens=40, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    streamed = list(stream)[-1].usage
+    assert streamed.completion_tokens == 40
+    # the same work on the same idle engine costs about the same
+    assert streamed.model_extra["energy_j"] == pytest.approx(energy_j, rel=0.5)
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+    )
+    assert chat.usage.model_extra["energy_j"] > 0
+    metrics = httpx.get(f"{stack.base_url}/metrics").text
+    assert f'throttllem_request_energy_joules_count{{model="{MODEL}"}}' in metrics
+    assert "throttllem_energy_attributed_joules" in metrics
+
+
 def test_bad_input_gets_an_openai_shaped_400(client: openai.OpenAI):
     with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model=MODEL, prompt="hi", max_tokens=4, n=2)

@@ -348,3 +348,32 @@ def _alive(pid: int) -> bool:
         return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("env", "told"),
+    [
+        ({"THROTTLLEM_GPU_BACKEND": "simulated"}, True),
+        ({"THROTTLLEM_GPU_BACKEND": "simulated", "THROTTLLEM_ENERGY_ATTRIBUTION": "false"}, False),
+        ({}, False),  # no governor meters the GPUs: no energy, never a made-up one
+    ],
+)
+def test_energy_is_told_only_where_measured_and_wanted(stack: Stack, tmp_path, env, told):
+    env = {**env, "THROTTLLEM_GPU_CONTROL_URL": stack.control_url,
+           "THROTTLLEM_GOVERNOR_WINDOW_MS": "50"}  # fmt: skip
+    with gateway(stack, tmp_path, env) as base_url:
+        time.sleep(0.3)  # a few metered windows before the request
+        with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as client:
+            raw = client.completions.with_raw_response.create(
+                model=MODEL, prompt="Say hello", max_tokens=16, extra_body={"ignore_eos": True}
+            )
+            stream = client.completions.create(
+                model=MODEL, prompt="Say hello", max_tokens=16, stream=True,
+                stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            streamed = list(stream)[-1].usage
+    whole = raw.parse().usage
+    assert whole.completion_tokens == streamed.completion_tokens == 16
+    assert ("energy_j" in (whole.model_extra or {})) is told
+    assert ("energy_j" in (streamed.model_extra or {})) is told
+    assert ("x-energy-j" in raw.headers) is told
