@@ -4,7 +4,10 @@ that ran in it (the rule: slo_planner/energy_split.py; docs/energy.md).
 Each pass reads the instance's energy counter (the sum over its GPUs) and the board. A
 request's work in the window is what the board shows it did since the last pass: its
 new tokens, and its prompt once its first token is there; its held time is the window,
-or the part of it since its arrival for one new on the board. The tails of requests
+or the part of it since its arrival for one new on the board. Workers count tokens on
+the board once a window, so a count may be up to a window old: it is carried forward
+to the pass at the request's own pace (never more than a window's worth), since a lag
+that aliases with the engine's iterations bills tokens to the wrong window's prices. The tails of requests
 settled by their workers meanwhile (slo_scoreboard/energy_ledger.py) join the window's
 totals, so the window's energy is split over all the work done in it.
 
@@ -38,7 +41,7 @@ ReadBoard = Callable[[], Awaitable[list[RequestEntry]]]
 
 @dataclass(frozen=True)
 class _Seen:
-    tokens: int
+    tokens: float
     prefilled: bool
 
 
@@ -50,6 +53,18 @@ class MeterTotals:
     attributed_j: float = 0.0
     unattributed_j: float = 0.0
     gaps: int = 0
+
+
+def tokens_by(entry: RequestEntry, now_s: float, most_ahead_s: float) -> float:
+    """Its tokens by `now_s`: the board's count, carried forward from when it was counted
+    at the pace of its answer so far (at most `most_ahead_s`, and never past max_tokens)."""
+    counted = entry.generated_tokens
+    first_s, counted_s = entry.first_token_s, entry.counted_s
+    if first_s is None or counted_s is None or counted < 2 or counted_s <= first_s:
+        return float(counted)
+    pace = (counted - 1) / (counted_s - first_s)
+    ahead_s = min(max(0.0, now_s - counted_s), most_ahead_s)
+    return float(min(counted + pace * ahead_s, entry.max_tokens))
 
 
 class EnergyMeter:
@@ -140,7 +155,6 @@ class EnergyMeter:
             self.gap()
             return None
         self._carried_j = prices.carried_active_j
-        self._remember(entries)
         self.last_prices = prices
         self.totals.windows += 1
         self.totals.attributed_j += energy_j - prices.unattributed_j
@@ -154,14 +168,17 @@ class EnergyMeter:
         for entry in entries:
             before = self._seen.get(entry.request_id)
             started = entry.first_token_s is not None
-            tokens = entry.generated_tokens - (before.tokens if before else 0)
+            seen_before = before.tokens if before else 0.0
+            tokens = max(seen_before, tokens_by(entry, now_s, now_s - last_s))
             prefill = entry.prompt_tokens if started and not (before and before.prefilled) else 0
             held_from_s = last_s if before else min(now_s, max(last_s, entry.arrival_s))
-            works.append(Work(max(0, tokens), prefill, now_s - held_from_s))
-            seen_now.append((entry.request_id, _Seen(entry.generated_tokens, started)))
+            works.append(Work(tokens - seen_before, prefill, now_s - held_from_s))
+            seen_now.append((entry.request_id, _Seen(tokens, started)))
+        self._seen = dict(seen_now)
         return seen_now, works
 
     def _remember(self, entries: list[RequestEntry]) -> None:
+        """A baseline: what the board says now, carried nowhere."""
         self._seen = {
             e.request_id: _Seen(e.generated_tokens, e.first_token_s is not None) for e in entries
         }

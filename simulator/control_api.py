@@ -53,7 +53,7 @@ def create_control_app(runner: RealtimeEngine) -> FastAPI:
             locked_clock_mhz=gpu.locked_clock_mhz,
             clock_switch_latency_ms=gpu.spec.clock_switch_latency_s * 1000,
             power_w=gpu.power_w(),
-            energy_mj=gpu.energy_mj(),
+            energy_mj=gpu.energy_mj_at(now_s),
         )
 
     @app.get("/gpus")
@@ -91,6 +91,16 @@ def create_control_app(runner: RealtimeEngine) -> FastAPI:
             return state(engine, index, now_s)
 
         return runner.locked(reset)
+
+    @app.get("/iterations")
+    def iterations(since: int = 0) -> dict[str, object]:
+        """The iteration log (simulator/iteration_log.py) from the `since`-th record."""
+        records, count, idle_w = runner.locked(
+            lambda engine, now_s: (runner.log.since(since), len(runner.log.records),
+                                   runner.log.idle_power_w)
+        )  # fmt: skip
+        return {"idle_power_w": idle_w, "count": count,
+                "records": [r.to_json() for r in records]}  # fmt: skip
 
     @app.get("/metrics")
     def metrics() -> Response:

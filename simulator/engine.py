@@ -64,6 +64,9 @@ class StepResult:
     emitted: tuple[str, ...] = ()
     finished: tuple[str, ...] = ()
     paused: tuple[str, ...] = ()
+    # The context each request scheduled in it prefilled: the last `prefill_requests` of
+    # `emitted`, in order (a paused request resumes with its prompt and tokens so far).
+    prefilled_tokens: tuple[int, ...] = ()
 
     @property
     def ended_s(self) -> float:
@@ -178,7 +181,10 @@ class Engine:
         if paused:
             decode_sequences = len(self._running)
             decode_context_tokens = self._context_tokens
-        prefill_tokens, prefill_square, scheduled = self._schedule(iteration)
+        prefilled = self._schedule(iteration)
+        prefill_tokens = sum(prefilled)
+        prefill_square = sum(context * context for context in prefilled)
+        scheduled = len(prefilled)
         cost = self._model.cost(
             decode_sequences, decode_context_tokens, prefill_tokens, prefill_square, clock_mhz
         )
@@ -218,6 +224,7 @@ class Engine:
             emitted=emitted,
             finished=finished,
             paused=paused,
+            prefilled_tokens=prefilled,
         )
         self.last_step = result
         return result
@@ -254,8 +261,9 @@ class Engine:
                  for gpu, switch in zip(self.gpus, pending, strict=True)]  # fmt: skip
         return max(landings), min(after)
 
-    def _schedule(self, iteration: int) -> tuple[int, int, int]:
-        prefill_tokens = prefill_square = scheduled = 0
+    def _schedule(self, iteration: int) -> tuple[int, ...]:
+        """Start what fits; the context each started request prefills, in order."""
+        prefilled: list[int] = []
         while self._waiting and len(self._running) < self.profile.max_batch_size:
             sequence = self._waiting[0]
             context = sequence.prompt_tokens + sequence.generated_tokens
@@ -268,10 +276,8 @@ class Engine:
                 break
             self._waiting.popleft()
             self._start(sequence, iteration, context, needed_now)
-            prefill_tokens += context
-            prefill_square += context * context
-            scheduled += 1
-        return prefill_tokens, prefill_square, scheduled
+            prefilled.append(context)
+        return tuple(prefilled)
 
     def _start(self, sequence: EngineRequest, iteration: int, context: int, blocks: int) -> None:
         sequence.start_iteration = iteration

@@ -111,8 +111,18 @@ class SimulatedGpu:
         return self._power_w
 
     def energy_mj(self) -> float:
-        """Cumulative energy since creation, in mJ, like nvmlDeviceGetTotalEnergyConsumption."""
+        """Cumulative energy since creation, in mJ, through the iteration under way (the
+        engine accounts an iteration when it starts)."""
         return self._energy_mj
+
+    def energy_mj_at(self, now_s: float) -> float:
+        """The counter as a reader at `now_s` sees it, like
+        nvmlDeviceGetTotalEnergyConsumption: without the part of an iteration under way
+        that lies after `now_s` (its power holds over the iteration)."""
+        ahead_s = self._accounted_until_s - now_s
+        if ahead_s <= 0:
+            return self._energy_mj
+        return self._energy_mj - self._power_w * ahead_s * 1000.0
 
     def idle_until(self, until_s: float) -> None:
         self._account(until_s, busy_sm_share=None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from simulator.engine import Engine, EngineRequest
+from simulator.iteration_log import IterationLog
 
 _TOKEN, _END = True, False
 _MAX_CATCH_UP_S = 0.05  # behind by more than this (an overloaded host): start afresh
@@ -50,6 +51,7 @@ class RealtimeEngine:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="twin-engine", daemon=True)
         self.pacing = PacingStats()
+        self.log = IterationLog(engine)
 
     def start(self) -> None:
         self._thread.start()
@@ -65,14 +67,19 @@ class RealtimeEngine:
         with self._lock:
             return action(self.engine, self._clock_s())
 
-    async def generate(self, sequence: EngineRequest) -> AsyncIterator[int]:
-        """Yield the index of each token of `sequence` as the engine emits it.
+    async def generate(
+        self, sequence: EngineRequest, prompt: str | None = None
+    ) -> AsyncIterator[int]:
+        """Yield the index of each token of `sequence` as the engine emits it; `prompt`
+        names it in the iteration log.
 
         Raises RequestRejectedError at once if the engine can never serve it.
         """
         queue: asyncio.Queue[bool] = asyncio.Queue()
         with self._work:
             self.engine.submit(sequence)
+            if prompt is not None:
+                self.log.name(sequence.request_id, prompt)
             self._subscribers[sequence.request_id] = _Subscriber(asyncio.get_running_loop(), queue)
             self._work.notify_all()
         try:
@@ -84,19 +91,21 @@ class RealtimeEngine:
             with self._lock:
                 self._subscribers.pop(sequence.request_id, None)
                 self.engine.cancel(sequence.request_id)
+                self.log.forget(sequence.request_id)
 
     def _run(self) -> None:
         next_start_s = self._clock_s()
         while True:
             with self._work:
                 while not self.engine.has_work and not self._stopping:
-                    self.engine.step(self._clock_s())  # accounts the idle energy
+                    self.log.record(self.engine, self.engine.step(self._clock_s()))  # idle
                     self._work.wait(timeout=0.1)
                     next_start_s = self._clock_s()
                 if self._stopping:
                     return
                 next_start_s = max(next_start_s, self._clock_s() - _MAX_CATCH_UP_S)
                 result = self.engine.step(next_start_s)
+                self.log.record(self.engine, result)
             self._sleep_until(result.ended_s)
             drift_s = self._clock_s() - result.ended_s
             next_start_s = result.ended_s

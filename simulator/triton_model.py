@@ -135,7 +135,7 @@ class TwinModel:
         except RequestRejectedError as error:
             raise BadRequestError(str(error)) from None
         collected: list[str] = []
-        async for index in self._engine.generate(sequence):
+        async for index in self._engine.generate(sequence, request.prompt):
             piece = plan.pieces[index]
             if request.stream:
                 yield _outputs(request, piece, prompt_tokens, 1)  # per event, like the delta text

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 class Work:
     """What one request did in one window."""
 
-    tokens: int  # generated in the window
+    tokens: float  # generated in the window (the meter's may be an estimate's part)
     prefill_tokens: int  # prompt tokens prefilled in the window
     held_s: float  # how long the engine held it during the window
 

@@ -37,7 +37,7 @@ class Credit:
     request_id: str
     share: Share
     held_s: float
-    seen_tokens: int
+    seen_tokens: float  # estimated where the board's count lags (governor/energy_meter.py)
     prefilled: bool
 
 
@@ -48,7 +48,7 @@ class Account:
     active_j: float = 0.0
     idle_j: float = 0.0
     held_s: float = 0.0
-    seen_tokens: int = 0
+    seen_tokens: float = 0.0
     prefilled: bool = False
 
 

@@ -129,7 +129,7 @@ class RedisEnergyLedger:
         for credit in credits:
             args += [
                 credit.request_id, repr(credit.share.active_j), repr(credit.share.idle_j),
-                repr(credit.held_s), credit.seen_tokens, int(credit.prefilled),
+                repr(credit.held_s), repr(credit.seen_tokens), int(credit.prefilled),
             ]  # fmt: skip
         with self._failures("credit"):
             await self._credit(keys=[self._prices_key], args=args)
@@ -153,7 +153,7 @@ def _account(fields: list[bytes | None]) -> Account | None:
     if fields[0] is None:
         return None
     active, idle, held, seen, prefilled = fields
-    return Account(float(active or 0), float(idle or 0), float(held or 0), int(seen or 0),
+    return Account(float(active or 0), float(idle or 0), float(held or 0), float(seen or 0),
                    prefilled == b"1")  # fmt: skip
 
 

@@ -208,7 +208,8 @@ class RedisStateStore:
             if entry is None:
                 return
             first_token_s = entry.first_token_s if entry.first_token_s is not None else now_s
-            updated = replace(entry, generated_tokens=generated_tokens, first_token_s=first_token_s)
+            updated = replace(entry, generated_tokens=generated_tokens, first_token_s=first_token_s,
+                              counted_s=now_s)  # fmt: skip
             if updated == entry:
                 return
             if await self._client.set(key, updated.to_json(), xx=True, keepttl=True):

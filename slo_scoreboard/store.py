@@ -41,6 +41,7 @@ class RequestEntry:
     e2e_deadline_s: float = math.inf  # absolute
     generated_tokens: int = 0
     first_token_s: float | None = None
+    counted_s: float | None = None  # when `generated_tokens` was counted (a window's lag)
     worker: str = ""  # host:pid of the gateway worker that owns it
 
     def to_json(self) -> str:
@@ -125,7 +126,10 @@ class MemoryStateStore:
             return
         first_token_s = entry.first_token_s if entry.first_token_s is not None else now_s
         self._entries[request_id] = replace(
-            entry, generated_tokens=generated_tokens, first_token_s=first_token_s
+            entry,
+            generated_tokens=generated_tokens,
+            first_token_s=first_token_s,
+            counted_s=now_s,
         )
 
     async def remove(self, request_id: str) -> None:

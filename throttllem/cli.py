@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     gateway_bench.set_defaults(handler=_bench_gateway)
     _add_live_agreement_bench(benches)
+    _add_energy_bench(benches)
     capacity = commands.add_parser(
         "capacity",
         help="each engine size's capacity (req/s at the highest clock) for instance scaling",
@@ -360,6 +361,43 @@ def _bench_live_agreement(args: argparse.Namespace) -> int:
         print(f"throttllem bench live-agreement: {error}", file=sys.stderr)
         return 2
     return 0 if report["agreement"]["passed"] else 1
+
+
+def _add_energy_bench(benches: Any) -> None:
+    from throttllem.bench.energy import EnergyBenchOptions
+
+    defaults = EnergyBenchOptions()
+    energy = benches.add_parser(
+        "energy",
+        help="each answer's attributed energy against the twin's exact per-iteration share",
+        description="Start `throttllem run` on free ports, keep --streams streamed "
+        "completions in flight with the official openai client, and compare each answer's "
+        "usage.energy_j with the share the twin's iteration log gives it by the same rule, "
+        "and their sum with the GPUs' energy counter.",
+    )
+    energy.add_argument("--profile", default=defaults.profile,
+                        help=f"twin engine (default: {defaults.profile})")  # fmt: skip
+    energy.add_argument("--streams", type=int, default=defaults.streams,
+                        help=f"answers in flight (default: {defaults.streams})")  # fmt: skip
+    energy.add_argument("--duration-s", type=float, default=defaults.duration_s,
+                        help=f"seconds new answers are started (default: {defaults.duration_s:g})")  # fmt: skip
+    energy.add_argument("--alpaca-eval", type=Path, default=defaults.alpaca_eval,
+                        help="AlpacaEval <model>.json whose instructions are the prompts")  # fmt: skip
+    energy.add_argument("--json", type=Path, default=None, help="write the report here")
+    energy.set_defaults(handler=_bench_energy)
+
+
+def _bench_energy(args: argparse.Namespace) -> int:
+    from throttllem.bench.energy import EnergyBenchOptions, bench_energy
+
+    options = EnergyBenchOptions(profile=args.profile, streams=args.streams,
+                                 duration_s=args.duration_s, alpaca_eval=args.alpaca_eval)  # fmt: skip
+    try:
+        bench_energy(options, args.json)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"throttllem bench energy: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

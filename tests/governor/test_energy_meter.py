@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from governor.energy_meter import EnergyMeter
+from governor.energy_meter import EnergyMeter, tokens_by
 from slo_planner.energy_split import Work, price_window
 from slo_scoreboard.energy_ledger import (
     COVERAGE_SLACK_S,
@@ -237,3 +237,13 @@ async def test_the_idle_power_is_learned_from_the_quietest_stretch():
     assert meter.idle_power_w == pytest.approx(110.0, rel=0.06)
     fixed = EnergyMeter(ledger, board, WEIGHT, gpus=2, idle_power_w=50.0)
     assert fixed.idle_power_w == 100.0
+
+
+def test_a_lagging_count_is_carried_forward_at_its_own_pace_by_at_most_a_window():
+    entry = RequestEntry("a", 0.0, 10, max_tokens=40, generated_tokens=11, first_token_s=1.0,
+                         counted_s=2.0)  # fmt: skip
+    assert tokens_by(entry, 2.05, most_ahead_s=0.1) == pytest.approx(11.5)  # 10 tokens/s
+    assert tokens_by(entry, 3.0, most_ahead_s=0.1) == pytest.approx(12.0)  # a stalled stream
+    assert tokens_by(entry, 9.0, most_ahead_s=9.0) == 40  # never past max_tokens
+    queued = RequestEntry("b", 0.0, 10, max_tokens=40)
+    assert tokens_by(queued, 3.0, most_ahead_s=0.1) == 0

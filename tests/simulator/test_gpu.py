@@ -81,3 +81,13 @@ def test_asking_again_for_the_clock_on_its_way_does_not_restart_the_switch():
     assert gpu.clock_mhz(0.2) == 1050
     gpu.lock_clock(1050, now_s=0.3)  # already in force: nothing happens
     assert gpu.clock_mhz(0.31) == 1050
+
+
+def test_the_energy_counter_read_mid_iteration_holds_only_the_part_already_run():
+    gpu = make_gpu()
+    gpu.idle_until(1.0)
+    before_mj = gpu.energy_mj()
+    gpu.busy_until(1.1, sm_share=0.5)  # the engine accounts an iteration as it starts
+    busy_w = gpu.power_w()
+    assert gpu.energy_mj_at(1.04) == pytest.approx(before_mj + busy_w * 0.04 * 1000)
+    assert gpu.energy_mj_at(1.2) == gpu.energy_mj()

@@ -183,6 +183,7 @@ class RunningStack:
     base_url: str
     command: list[str]
     log: Path
+    control_url: str  # the twin's GPU control API
 
 
 @contextmanager
@@ -210,7 +211,7 @@ def running_stack(profile: str) -> Iterator[RunningStack]:
         _wait_ready(process, f"{base_url}/health/ready", log_path)
         print(f"  stack ready at {base_url} (log {log_path}, Triton's "
               f"{triton_log_file(ports)})", file=sys.stderr)  # fmt: skip
-        yield RunningStack(base_url, command, log_path)
+        yield RunningStack(base_url, command, log_path, f"http://127.0.0.1:{ports.control}")
     finally:
         _stop(process)
 
