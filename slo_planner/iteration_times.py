@@ -42,6 +42,7 @@ class TableIterationTimes:
         )
         self._buckets = buckets
         stretch = table.clocks_mhz[-1] / table.clocks_mhz
+        self.prefill_s_per_token = prefill_s_per_token  # at the highest clock
         self._prefill_s: FloatArray = prefill_s_per_token * stretch
         self._prefill_square_s: FloatArray = prefill_s_per_square_token * stretch
 
@@ -121,7 +122,7 @@ def planned_iteration_times(
 REFERENCE_BATCH = 16  # the batch a prefill token's relative cost is measured against
 
 
-def prefill_weight(times: TableIterationTimes, prefill_s_per_token: float) -> float:
+def prefill_weight(times: TableIterationTimes) -> float:
     """A prompt token's engine time over a generated token's, at the highest clock: a
     batch of `REFERENCE_BATCH` (the engine's largest if smaller) over a half-full cache
     decodes one token per request in one iteration. The energy rule's prefill weight."""
@@ -131,4 +132,4 @@ def prefill_weight(times: TableIterationTimes, prefill_s_per_token: float) -> fl
         np.array([batch]), np.array([grid.max_kv_blocks // 2]), np.array([0]),
         clock_index=len(times.clocks_mhz) - 1,
     )[0]  # fmt: skip
-    return float(prefill_s_per_token / (iteration_s / batch))
+    return float(times.prefill_s_per_token / (iteration_s / batch))

@@ -209,7 +209,7 @@ def energy_meter(
     if weight is None:
         weight = 0.0
         if isinstance(model, TableIterationTimes):
-            weight = prefill_weight(model, settings.prefill_us_per_token / 1e6)
+            weight = prefill_weight(model)
 
     async def read_board() -> list[RequestEntry]:
         return (await store.snapshot()).entries

@@ -103,6 +103,18 @@ def test_the_planner_saves_energy_and_keeps_most_promises(runs: dict[str, Run]):
         assert runs[name].met.mean() >= 0.8  # a floor that catches a broken planner
 
 
+def test_each_request_is_billed_its_share_and_the_shares_stay_within_the_energy(
+    runs: dict[str, Run],
+):
+    for name, run in runs.items():
+        billed_j = run.energy_active_j + run.energy_idle_j
+        assert (run.energy_active_j >= 0).all() and (billed_j > 0).all(), name
+        # an empty engine's idle power is billed to nobody; the rest is all billed
+        assert 0.6 * run.energy_j < billed_j.sum() <= run.energy_j * (1 + 1e-9), name
+    # at the highest clock every token costs more than at a fixed low one
+    assert runs["max"].energy_active_j.sum() > runs["static:1050"].energy_active_j.sum()
+
+
 def test_a_gated_policy_needs_a_performance_model(setting):
     workload, slo, _ = setting
     profile = load_profile(PROFILE)

@@ -379,12 +379,21 @@ def policy_report(run: Run, workload: Workload, slo: Slo) -> dict[str, Any]:
         "queue_ms": _summary(run.queue_s),  # arrival to entering the engine
         "mean_freq_mhz": run.mean_freq_mhz,
         "mean_gpus": run.mean_gpus,
+        "energy_per_request_j": _energy_quantiles(run.energy_active_j + run.energy_idle_j),
+        "energy_per_request_above_idle_j": _energy_quantiles(run.energy_active_j),
         "requests": len(run.met),
         "truncated": workload.truncated,
         "misses": miss_breakdown(run, workload, slo, run.policy in USES_PREDICTIONS),
         "wall_s": run.wall_s,
         "clock": run.policy,
     }
+
+
+def _energy_quantiles(joules: np.ndarray) -> dict[str, float] | None:
+    """p50, p90, p99 of the requests' billed energy (None: a live run bills none)."""
+    if not len(joules) or not joules.any():
+        return None
+    return {f"p{q}": float(np.percentile(joules, q)) for q in (50, 90, 99)}
 
 
 TTFT_CAUSES = ("gateway_queue", "engine_wait", "prefill")

@@ -26,7 +26,8 @@ the answer's true length (a benchmark client with `ignore_eos` does so, and the 
 replay sends the same): the engine's reservation is then what the board says. The
 window, dwell and margin are the settings' defaults.
 Energy is the twin's integral of power over every GPU while it holds an engine, idle
-included.
+included. Each request's share of it is billed iteration by iteration by the live
+gateway's rule (slo_planner/energy_split.py), with the planner's prefill weight.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from simulator.profile import EngineProfile
 from slo_planner.admission import AdmissionPlanner, EngineShape
 from slo_planner.admission_queue import AdmissionQueue
 from slo_planner.clock_steps import ClockSteps
+from slo_planner.energy_split import price_window
 from slo_planner.feasibility import IterationTimes
+from slo_planner.iteration_times import TableIterationTimes, prefill_weight
 from slo_planner.remaining import remaining_tokens
 from slo_planner.scaling import EngineSize, ScalingPolicy, ScalingSteps
 from slo_planner.settings import PlannerSettings
@@ -94,6 +97,8 @@ class Run:
     queue_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # waited at the gateway
     engine_wait_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # in the engine
     prefill_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # its first iteration
+    energy_active_j: np.ndarray = field(default_factory=lambda: np.zeros(0))  # billed, per request
+    energy_idle_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
     moves: list[tuple[float, str]] = field(default_factory=list)  # (when, to which size)
 
     @property
@@ -119,6 +124,8 @@ class _Requests:
         self.last_s = np.full(n, math.nan)
         self.finished_s = np.full(n, math.nan)
         self.admitted_s = np.full(n, math.nan)  # when it entered an engine
+        self.energy_active_j = np.zeros(n)  # its share above idle, billed per iteration
+        self.energy_idle_j = np.zeros(n)  # its share of idle, by the time an engine held it
         self.prefill_start_s = np.full(n, math.nan)  # when its first iteration began
         # Each request's own promises are planned on a calibrated quantile of its rest,
         # as the live governor does; the replay calibrates on each answer's true length.
@@ -180,6 +187,11 @@ class _Instance:
         self.ready_s = ready_s
         self.active: dict[int, None] = {}  # admitted, unfinished, in admission order
         self.step: StepResult | None = None  # the iteration under way
+        self.prefill_weight = (
+            prefill_weight(model) if isinstance(model, TableIterationTimes) else 0.0
+        )
+        self._idle_power_w = profile.gpu.idle_power_w * profile.tensor_parallel
+        self._billed_s, self._billed_mj = loaded_s, self._energy_mj()
         self.steps = ClockSteps(WINDOW_S, MIN_DWELL_S, profile.gpu.clock_switch_latency_s)
         self.release_after_s: float | None = None  # draining: hand back once empty after
         self.released = False
@@ -232,10 +244,41 @@ class _Instance:
 
         clock_pass(self.steps, target_mhz, lock, now_s)
 
+    def start_step(self, now_s: float) -> None:
+        self.step = self.engine.step(now_s)
+
+    def _energy_mj(self) -> float:
+        return sum(gpu.energy_mj() for gpu in self.engine.gpus)
+
+    def bill(self, result: StepResult, requests: _Requests) -> None:
+        """The iteration's energy (and the idle gap before it) split among the requests
+        the engine held, by the rule the live gateway bills by."""
+        energy_mj = self._energy_mj()
+        duration_s = result.ended_s - self._billed_s
+        energy_j = (energy_mj - self._billed_mj) / 1000
+        self._billed_s, self._billed_mj = result.ended_s, energy_mj
+        held = np.fromiter(self.active, dtype=np.int64, count=len(self.active))
+        if not len(held) or duration_s <= 0:
+            return
+        emitted = np.array([int(r) for r in result.emitted], dtype=np.int64)
+        prefilled = emitted[len(emitted) - result.prefill_requests :]
+        tokens = np.asarray(result.prefilled_tokens, dtype=np.float64)
+        units = len(emitted) + self.prefill_weight * float(tokens.sum())
+        prices = price_window(energy_j, duration_s, self._idle_power_w, units,
+                              len(held) * duration_s, end_s=result.ended_s,
+                              prefill_weight=self.prefill_weight)  # fmt: skip
+        requests.energy_active_j[emitted] += prices.active_j_per_unit
+        if len(prefilled):
+            requests.energy_active_j[prefilled] += (
+                prices.active_j_per_unit * self.prefill_weight * tokens
+            )
+        requests.energy_idle_j[held] += prices.idle_j_per_held_s * duration_s
+
     def finish_step(self, requests: _Requests) -> bool:
         """Stamp the iteration's tokens; whether the board changed."""
         assert self.step is not None
         result, self.step = self.step, None
+        self.bill(result, requests)
         now_s, changed = result.ended_s, False
         for request_id in result.emitted:
             index = int(request_id)
@@ -383,7 +426,7 @@ def simulate(
             if instance.step is not None:
                 continue
             if instance.engine.has_work:
-                instance.step = instance.engine.step(now_s)
+                instance.start_step(now_s)
             elif instance.release_after_s is not None and now_s >= instance.release_after_s:
                 instance.release(now_s)
                 if scaler is not None:
@@ -486,6 +529,8 @@ def _run(
         queue_s=requests.admitted_s - workload.arrival_s,
         engine_wait_s=requests.prefill_start_s - requests.admitted_s,
         prefill_s=requests.first_s - requests.prefill_start_s,
+        energy_active_j=requests.energy_active_j,
+        energy_idle_j=requests.energy_idle_j,
         moves=moves,
     )
 
