@@ -43,6 +43,7 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"  # this process on the scoreboa
 class Admitted:
     lost: bool  # admitted knowing it misses a promise
     waited_s: float
+    board: Board | None = None  # the board it was admitted onto (None: no planner)
 
 
 @dataclass
@@ -92,9 +93,10 @@ class Admission:
         (the client left), nothing of it stays on the board or in the queue."""
         started_s = time.monotonic()
         if self._queue.empty:  # nobody ahead of it: try at once
-            lost = await self._try_at_once(entry)
-            if lost is not None:
-                return self._admitted(entry, lost, started_s)
+            tried = await self._try_at_once(entry)
+            if tried is not None:
+                lost, board = tried
+                return self._admitted(entry, lost, started_s, board)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(entry, queued_at_s=started_s, admitted=loop.create_future())
         if not self._queue.enqueue(waiter, deadline_s=entry.arrival_s + entry.ttft_slo_s):
@@ -157,7 +159,8 @@ class Admission:
         async with self._attempt:
             for _ in range(_RACES_BEFORE_QUEUEING):
                 snapshot = await self._store.snapshot()
-                going = self._queue.next_to_admit(self._board(snapshot))
+                board = self._board(snapshot)
+                going = self._queue.next_to_admit(board)
                 if going is None:
                     return False
                 head, verdict = going
@@ -170,12 +173,14 @@ class Admission:
                     await self.release(head.entry.request_id)
                 else:
                     lost = verdict is Verdict.LOST
-                    head.admitted.set_result(self._admitted(head.entry, lost, head.queued_at_s))
+                    admitted = self._admitted(head.entry, lost, head.queued_at_s, board)
+                    head.admitted.set_result(admitted)
                 return True
             return False  # other workers keep changing the board: retry shortly
 
-    async def _try_at_once(self, entry: RequestEntry) -> bool | None:
-        """Admit it if the planner allows: whether it is lost; None if it must wait.
+    async def _try_at_once(self, entry: RequestEntry) -> tuple[bool, Board | None] | None:
+        """Admit it if the planner allows: whether it is lost, and the board it joined;
+        None if it must wait.
 
         One attempt at a time per worker: concurrent attempts of one worker would only
         move each other's version and retry; across workers, compare-and-add decides."""
@@ -183,12 +188,13 @@ class Admission:
             candidate = requests_of([entry])
             for _ in range(_RACES_BEFORE_QUEUEING):
                 snapshot = await self._store.snapshot()
-                verdict = self._queue.verdict(self._board(snapshot), candidate)
+                board = self._board(snapshot)
+                verdict = self._queue.verdict(board, candidate)
                 if verdict is Verdict.WAIT:
                     return None
                 if await self._store.admit(entry, snapshot.version):
                     self._owned.add(entry.request_id)
-                    return verdict is Verdict.LOST
+                    return verdict is Verdict.LOST, board
             return None  # other workers keep changing the board: queue, and retry shortly
 
     def _board(self, snapshot: Snapshot) -> Board | None:
@@ -198,11 +204,12 @@ class Admission:
             return None
         return board_of(snapshot.entries, self._now_s(), planner.engine)
 
-    def _admitted(self, entry: RequestEntry, lost: bool, started_s: float) -> Admitted:
+    def _admitted(self, entry: RequestEntry, lost: bool, started_s: float,
+                  board: Board | None) -> Admitted:  # fmt: skip
         waited_s = time.monotonic() - started_s
         self._metrics.queue_time_s.observe(waited_s)
         self._metrics.admissions.labels("lost" if lost else "admitted").inc()
-        return Admitted(lost=lost, waited_s=waited_s)
+        return Admitted(lost=lost, waited_s=waited_s, board=board)
 
 
 def _rows_of(waiter: _Waiter) -> Requests:

@@ -61,6 +61,7 @@ class Generation:
         self._arrival_s = time.monotonic()
         self._admitted_wall_s = self._arrival_wall_s
         self.energy: RequestEnergy | None = None
+        self.predicted_energy_j: float | None = None
         self._first_token_s: float | None = None
         self._last_token_s: float | None = None
         self._recorded_s: float | None = None  # when the board last heard its count
@@ -89,8 +90,19 @@ class Generation:
         )
         self.admitted = await self._services.admission.enter(entry)
         self._admitted_wall_s = time.time()
+        self._predict_energy(self.admitted)
         self._services.metrics.in_flight.inc()
         self._services.board_changed()
+
+    def _predict_energy(self, admitted: Admitted) -> None:
+        parts = self._services.parts
+        if parts.energy_forecast is None or parts.ledger is None:
+            return
+        if admitted.board is None or self.predicted_tokens is None:
+            return
+        self.predicted_energy_j = parts.energy_forecast.predict_j(
+            admitted.board, self.prompt_tokens, self.predicted_tokens, parts.planned_clock_mhz()
+        )
 
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         """The answer as the upstream sends it; its errors raised here, in order."""
@@ -198,6 +210,10 @@ class Generation:
             if self.completion_tokens > 0:
                 metrics.energy_per_token_j.labels(model).observe(
                     self.energy.total_j / self.completion_tokens
+                )
+            if self.predicted_energy_j is not None and self.energy.total_j > 0:
+                metrics.energy_prediction_error.labels(model).observe(
+                    self.predicted_energy_j / self.energy.total_j - 1
                 )
         for slo in misses:
             metrics.slo_misses.labels(slo).inc()

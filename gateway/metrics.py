@@ -127,6 +127,14 @@ class GatewayMetrics:
             buckets=_ENERGY_PER_TOKEN_BUCKETS_J,
             registry=self._values,
         )
+        self.energy_prediction_error = Histogram(
+            "throttllem_energy_prediction_error_ratio",
+            "Each finished request's predicted energy over its attributed energy, minus 1, "
+            "by served model.",
+            ["model"],
+            buckets=(-0.5, -0.25, -0.1, -0.05, 0, 0.05, 0.1, 0.25, 0.5, 1, 2),
+            registry=self._values,
+        )
         self.cancelled = Counter(
             "throttllem_requests_cancelled",
             "Requests whose client left before the answer ended (upstream cancelled).",
@@ -142,7 +150,7 @@ class GatewayMetrics:
             multiprocess_mode="livemin",
             registry=self._values,
         )
-        for name in ("length", "performance"):
+        for name in ("length", "performance", "power"):
             ready.labels(name).set(1 if predictions.ready(name) else 0)
 
     def watch_state_store(self) -> Callable[[bool], None]:

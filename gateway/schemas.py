@@ -83,7 +83,8 @@ def new_completion_id() -> str:
 
 
 # OpenAI's usage object, and with energy attribution on (docs/energy.md) the joules the
-# GPUs spent on the answer: `energy_j` in all, `energy_idle_j` of it their idle share.
+# GPUs spent on the answer: `energy_j` in all, `energy_idle_j` of it their idle share,
+# and `predicted_energy_j`, what the planner expected when it admitted it.
 Usage = dict[str, int | float]
 ENERGY_DECIMALS = 4
 
@@ -93,6 +94,7 @@ def usage(
     completion_tokens: int,
     energy_j: float | None = None,
     energy_idle_j: float | None = None,
+    predicted_energy_j: float | None = None,
 ) -> Usage:
     counts: Usage = {
         "prompt_tokens": prompt_tokens,
@@ -102,6 +104,8 @@ def usage(
     if energy_j is not None and energy_idle_j is not None:
         counts["energy_j"] = round(energy_j, ENERGY_DECIMALS)
         counts["energy_idle_j"] = round(energy_idle_j, ENERGY_DECIMALS)
+        if predicted_energy_j is not None:
+            counts["predicted_energy_j"] = round(predicted_energy_j, ENERGY_DECIMALS)
     return counts
 
 

@@ -22,6 +22,7 @@ from gateway.settings import GatewaySettings
 from predictor.loading import Predictions
 from predictor.tokenizer import PromptTokenizer
 from slo_planner.admission import AdmissionPlanner
+from slo_planner.energy_forecast import EnergyForecast
 from slo_scoreboard.energy_ledger import EnergyLedger
 from slo_scoreboard.store import StateStore
 
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 
 
 def _nothing() -> None:
+    return None
+
+
+def _no_clock() -> int | None:
     return None
 
 
@@ -49,6 +54,8 @@ class GatewayParts:
     board_changed: Callable[[], None] = _nothing  # a request joined or left: poke the governor
     scaling: ScalingFollower | None = None  # instance scaling: arrivals and route
     ledger: EnergyLedger | None = None  # each answer's energy; None: not told (docs/energy.md)
+    energy_forecast: EnergyForecast | None = None  # predicted energy at admission
+    planned_clock_mhz: Callable[[], int | None] = _no_clock  # the governor's, if known here
 
 
 # Builds the parts for one app's life (a worker's), given the gateway's metrics, and

@@ -151,7 +151,7 @@ def usage_of(generation: Generation) -> Usage:
     if energy is None:
         return usage(generation.prompt_tokens, generation.completion_tokens)
     return usage(generation.prompt_tokens, generation.completion_tokens, energy.total_j,
-                 energy.idle_j)  # fmt: skip
+                 energy.idle_j, generation.predicted_energy_j)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from predictor.errors import ModelFileError
 from predictor.length import LengthPredictor
 from predictor.performance import PerformanceModel, PerformanceTable
+from predictor.power import PowerModel
 from predictor.settings import PredictorSettings
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ PERFORMANCE_KV_BUCKETS = 128
 class Predictions:
     length: LengthPredictor | None = None
     performance: PerformanceTable | None = None
+    power: PowerModel | None = None
     problems: dict[str, str] = field(default_factory=dict)
 
     def ready(self, name: str) -> bool:
@@ -45,4 +47,10 @@ def load_predictions(settings: PredictorSettings) -> Predictions:
         except (ModelFileError, ValueError) as error:
             predictions.problems["performance"] = str(error)
             log.error("serving at default clocks, without the performance model: %s", error)
+    if settings.power_model_path is not None:
+        try:
+            predictions.power = PowerModel.from_file(settings.power_model_path)
+        except ModelFileError as error:
+            predictions.problems["power"] = str(error)
+            log.error("serving without energy predictions: %s", error)
     return predictions

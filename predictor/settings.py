@@ -22,3 +22,8 @@ class PredictorSettings(BaseModel):
         description="ONNX performance model (onnx_models/performance-*.onnx); none: the "
         "governor holds default clocks.",
     )
+    power_model_path: Path | None = Field(
+        None,
+        description="Power model (onnx_models/power-*.json, `throttllem train power`); none: "
+        "no predicted energy (`usage.predicted_energy_j`).",
+    )

@@ -1,7 +1,8 @@
 """Rebuild every shipped model and its card: `python -m throttllem.build_models [--only NAME]`.
 
 `--only NAME` builds the models whose file name or twin profile contains NAME:
-`--only performance` every performance model, `--only length` every length model,
+`--only performance` every performance model, `--only power` every power model (and its
+error on the performance model's card), `--only length` every length model,
 `--only a100-40gb/llama-2-13b/tp2` one.
 
 Performance models: the twin profile swept in virtual time, then LightGBM. Length models:
@@ -59,6 +60,34 @@ def build_performance(profile: str, scratch: Path) -> None:
           "to a full cache; rows of 8 iterations)", commands, report)  # fmt: skip
 
 
+def build_power(profile: str, scratch: Path) -> None:
+    """The power model, from a short sweep (power follows the clock; two passes see every
+    batch size at two clocks), and its error on the performance model's card."""
+    name = f"power-{profile.replace('/', '-')}"
+    data = scratch / f"{name}.csv"
+    commands = [
+        ["throttllem", "profile", "--virtual", profile, "--passes", "2", "--seed", "1",
+         "--out", str(data)],
+        ["throttllem", "train", "power", "--data", str(data), "--out", f"onnx_models/{name}.json",
+         "--seed", "0"],
+    ]  # fmt: skip
+    for command in commands:
+        run([sys.executable, "-m", *command])
+    card_path = HERE / f"{performance_name(profile)}.json"
+    card = json.loads(card_path.read_text())
+    power = json.loads((HERE / f"{name}.json").read_text())
+    card["power_model"] = {
+        "file": f"{name}.json",
+        "training_data": f"twin profile {profile}, swept in virtual time (2 passes, seed 1), "
+        "each row's mean power per GPU, and the GPUs idle",
+        "commands": [shlex.join(c).replace(str(scratch), "$SCRATCH") for c in commands],
+        "holdout_mape": power["holdout_mape"],
+        "idle_w": power["idle_w"],
+        "date": datetime.date.today().isoformat(),
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
 def build_length(model: str, context_window: int, scratch: Path) -> None:
     name = f"length-{model}"
     report = scratch / f"{name}.report.json"
@@ -100,6 +129,8 @@ def main() -> None:
         for profile in available_profiles():  # one performance model per twin profile
             if args.only is None or args.only in profile or args.only in performance_name(profile):
                 build_performance(profile, scratch)
+            if args.only is None or args.only in profile or args.only in f"power-{profile}":
+                build_power(profile, scratch)
         for model, window in LENGTH_MODELS.items():
             if args.only is None or args.only in f"length-{model}":
                 build_length(model, window, scratch)

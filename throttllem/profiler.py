@@ -3,8 +3,10 @@
 For every batch size from 1 to the engine's maximum, one step: the clock is locked at a
 value drawn at random from the supported ones (through the governor's GPU backend), that
 many requests that ignore EOS run together, and while they do, the iteration counter and
-the KV blocks in use are read from the server's metrics every window. Each window is one
-row: `tp, batch, kv_blocks, freq_mhz, ips`. Each step fills the KV cache to a random share
+the KV blocks in use are read from the server's metrics every window, and the GPUs'
+energy counters (NVML's, the twin's). Each window is one row: `tp, batch, kv_blocks,
+freq_mhz, ips, power_w` (the mean power of one GPU over the window), and the sweep's
+first row, `batch` 0, is the GPUs idle (the power model's idle power, predictor/power.py). Each step fills the KV cache to a random share
 of what its batch can hold (the whole cache, or a full context window per request where
 that is less): the batch's blocks at full length are that share, split at random between
 its requests, whose prompts are drawn to match. Contexts grow as they generate, so each
@@ -34,7 +36,8 @@ from governor.gpu.base import GpuClock
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("tp", "batch", "kv_blocks", "freq_mhz", "ips")
+COLUMNS = ("tp", "batch", "kv_blocks", "freq_mhz", "ips", "power_w")
+IDLE_MEASURE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ProfileRow:
     kv_blocks: int
     freq_mhz: int
     ips: float
+    power_w: float = float("nan")  # one GPU's mean; NaN: not measured
 
     def as_csv(self) -> list[str]:
         return [
@@ -52,6 +56,7 @@ class ProfileRow:
             str(self.kv_blocks),
             str(self.freq_mhz),
             f"{self.ips:.4f}",
+            f"{self.power_w:.3f}",
         ]
 
 
@@ -138,7 +143,7 @@ def write_rows(path: Path, rows: Sequence[ProfileRow]) -> None:
 def read_rows(path: Path) -> list[ProfileRow]:
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
+        if reader.fieldnames is None or set(COLUMNS[:-1]) - set(reader.fieldnames):
             raise ValueError(f"{path}: expected the columns {', '.join(COLUMNS)}")
         return [
             ProfileRow(
@@ -147,6 +152,7 @@ def read_rows(path: Path) -> list[ProfileRow]:
                 int(r["kv_blocks"]),
                 int(r["freq_mhz"]),
                 float(r["ips"]),
+                float(r.get("power_w") or "nan"),  # profiles made before power was
             )
             for r in reader
         ]
@@ -174,8 +180,15 @@ def profile_virtual(profile_name: str, output_tokens: int = 256, window_iteratio
     rng = random.Random(seed)
     clocks = profile.gpu.supported_clocks_mhz()
     engine = Engine(profile, seed=seed)
-    rows: list[ProfileRow] = []
-    now_s = 0.0
+    tp = profile.tensor_parallel
+
+    def energy_j() -> float:
+        return sum(gpu.energy_mj() for gpu in engine.gpus) / 1000
+
+    engine.step(IDLE_MEASURE_S)  # nothing to do: idle power
+    idle_w = energy_j() / IDLE_MEASURE_S / tp
+    rows = [ProfileRow(tp, 0, 0, engine.clock_mhz(0.0), 0.0, idle_w)]
+    now_s = IDLE_MEASURE_S
     for batch, fill in plan.steps(rng):
         clock_mhz = rng.choice(clocks)
         for gpu in engine.gpus:
@@ -187,19 +200,14 @@ def profile_virtual(profile_name: str, output_tokens: int = 256, window_iteratio
         now_s = engine.step(now_s).ended_s  # the prefill iteration is not a decode sample
         while engine.running == batch:
             kv_blocks, started_s, done = engine.kv_used_blocks, now_s, 0
+            started_j = energy_j()
             while done < window_iterations and engine.running == batch:
                 now_s = engine.step(now_s).ended_s
                 done += 1
             if done == window_iterations:
-                rows.append(
-                    ProfileRow(
-                        profile.tensor_parallel,
-                        batch,
-                        kv_blocks,
-                        clock_mhz,
-                        done / (now_s - started_s),
-                    )
-                )
+                seconds = now_s - started_s
+                power_w = (energy_j() - started_j) / seconds / tp
+                rows.append(ProfileRow(tp, batch, kv_blocks, clock_mhz, done / seconds, power_w))
         while engine.has_work:
             now_s = engine.step(now_s).ended_s
     return rows
@@ -296,6 +304,10 @@ async def profile_live(
             passes=passes,
         )
         try:
+            idle_j, idle_s = await _energy_j(gpus), time.monotonic()
+            await asyncio.sleep(IDLE_MEASURE_S)  # nothing running: idle power
+            idle_w = (await _energy_j(gpus) - idle_j) / (time.monotonic() - idle_s) / len(gpus)
+            rows.append(ProfileRow(target.tp, 0, 0, await gpus[0].clock_mhz(), 0.0, idle_w))
             for batch, fill in plan.steps(rng):
                 clock_mhz = rng.choice(clocks)
                 for gpu in gpus:
@@ -304,7 +316,7 @@ async def profile_live(
                 lengths, step_tokens = plan.step_shape(rng, batch, fill)
                 prompts = ["hi " * max(1, n - 2) for n in lengths]  # " hi" is one token; BOS
                 step_rows = await _profile_step(
-                    client, target, batch, clock_mhz, prompts, step_tokens, window_s
+                    client, target, gpus, batch, clock_mhz, prompts, step_tokens, window_s
                 )
                 rows += step_rows
                 log.info("batch %d at %d MHz, %.0f %% full: %d rows", batch, clock_mhz, 100 * fill,
@@ -315,7 +327,12 @@ async def profile_live(
     return rows
 
 
-async def _profile_step(client: httpx.AsyncClient, target: LiveTarget, batch: int, clock_mhz: int,
+async def _energy_j(gpus: Sequence[GpuClock]) -> float:
+    return sum([await gpu.energy_mj() for gpu in gpus]) / 1000
+
+
+async def _profile_step(client: httpx.AsyncClient, target: LiveTarget, gpus: Sequence[GpuClock],
+                        batch: int, clock_mhz: int,
                         prompts: list[str], output_tokens: int, window_s: float) -> list[ProfileRow]:  # fmt: skip
     url = f"{target.triton_url}/v2/models/{target.model}/generate"
     body = {"max_tokens": output_tokens, "min_tokens": output_tokens}
@@ -324,17 +341,21 @@ async def _profile_step(client: httpx.AsyncClient, target: LiveTarget, batch: in
     ]
     rows: list[ProfileRow] = []
     previous, previous_s = await _metrics(client, target.metrics_url), time.monotonic()
+    previous_j = await _energy_j(gpus)
     warmed_up = False
     while not all(task.done() for task in requests):
         await asyncio.sleep(window_s)
         current, now_s = await _metrics(client, target.metrics_url), time.monotonic()
+        energy_j = await _energy_j(gpus)
         iterations = current.iterations - previous.iterations
         if previous.steady(batch) and current.steady(batch) and iterations > 0:
             if warmed_up:  # the first steady window still holds the batch's prefill
-                ips = iterations / (now_s - previous_s)
-                rows.append(ProfileRow(target.tp, batch, previous.kv_used_blocks, clock_mhz, ips))
+                seconds = now_s - previous_s
+                power_w = (energy_j - previous_j) / seconds / len(gpus)
+                rows.append(ProfileRow(target.tp, batch, previous.kv_used_blocks, clock_mhz,
+                                       iterations / seconds, power_w))  # fmt: skip
             warmed_up = True
-        previous, previous_s = current, now_s
+        previous, previous_s, previous_j = current, now_s, energy_j
     for task in requests:
         response = task.result()
         if response.status_code != 200:

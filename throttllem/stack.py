@@ -104,7 +104,7 @@ def run_stack(
 ) -> int:
     """The served model is named after the twin profile's, and the shipped predictors for
     it are loaded, unless THROTTLLEM_* variables say otherwise."""
-    from predictor.shipped import length_model_path, performance_model_path
+    from predictor.shipped import length_model_path, performance_model_path, power_model_path
     from simulator.capacity import prefill_cost
     from simulator.profile import load_profile
 
@@ -115,6 +115,7 @@ def run_stack(
         "served_model_name": twin_profile.split("/")[1],
         "length_model_path": length_model_path(profile.model.recorded_responses),
         "performance_model_path": performance_model_path(twin_profile),
+        "power_model_path": power_model_path(twin_profile),
         "context_window_tokens": profile.model.context_window_tokens,
         "engine_max_batch": profile.max_batch_size,
         "engine_kv_capacity_blocks": profile.kv_capacity_blocks,

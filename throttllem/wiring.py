@@ -32,6 +32,7 @@ from governor.triton_repository import TritonRepository
 from predictor.loading import Predictions, load_predictions
 from predictor.tokenizer import PromptTokenizer
 from slo_planner.admission import AdmissionPlanner
+from slo_planner.energy_forecast import EnergyForecast
 from slo_planner.feasibility import IterationTimes
 from slo_planner.iteration_times import TableIterationTimes, planned_iteration_times, prefill_weight
 from slo_planner.scaling import ScalingPolicy
@@ -74,6 +75,7 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
         if ledger is not None and settings.redis_url is None:
             model = planner.model if planner is not None else None
             governor.meter = energy_meter(settings, store, ledger, model)
+    forecast = energy_forecast(settings, planner, predictions)
     scaling = scaling_follower(settings)
     route = (lambda: scaling.model) if scaling is not None else None
     parts = GatewayParts(
@@ -88,6 +90,8 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
         board_changed=governor.poke if governor is not None else _no_governor,
         scaling=scaling,
         ledger=ledger,
+        energy_forecast=forecast if ledger is not None else None,
+        planned_clock_mhz=(lambda: governor.status.target_clock_mhz) if governor else _no_clock,
     )
     tasks = []
     master = master_pid()
@@ -115,6 +119,11 @@ async def gateway_parts(settings: Settings, metrics: GatewayMetrics) -> AsyncIte
             await scaling.channel.aclose()
         if master is not None and os.getppid() != master:
             remove_own_metrics()
+
+
+def _no_clock() -> int | None:
+    """No governor runs here: the clock is not known (the forecast takes the highest)."""
+    return None
 
 
 def _no_governor() -> None:
@@ -216,6 +225,18 @@ def energy_meter(
 
     return EnergyMeter(ledger, read_board, weight, len(settings.gpu_indices),
                        settings.energy_idle_power_w)  # fmt: skip
+
+
+def energy_forecast(
+    settings: Settings, planner: AdmissionPlanner | None, predictions: Predictions
+) -> EnergyForecast | None:
+    """Predicted energy at admission needs the planner's model and the power model."""
+    model = planner.model if planner is not None else None
+    if predictions.power is None or not isinstance(model, TableIterationTimes):
+        return None
+    weight = settings.energy_prefill_weight
+    return EnergyForecast(model, predictions.power, len(settings.gpu_indices),
+                          prefill_weight(model) if weight is None else weight)  # fmt: skip
 
 
 def state_store(settings: Settings, metrics: GatewayMetrics) -> StateStore:

@@ -34,6 +34,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
             "active": services.planner is not None,
             "length_model": predictions.ready("length"),
             "performance_model": predictions.ready("performance"),
+            "power_model": predictions.ready("power"),
             "problems": dict(predictions.problems),
         },
     }

@@ -42,6 +42,7 @@ class PerformanceData:
         if missing:
             raise ValueError(f"{path} lacks the columns {missing}")
         table = np.atleast_1d(table)
+        table = table[table["batch"] >= 1]  # batch 0 is the idle power row (predictor/power.py)
         if len(table) < MIN_ROWS:
             raise ValueError(f"{path} has {len(table)} rows; training needs at least {MIN_ROWS}")
         features = np.column_stack([table[c] for c in FEATURES]).astype(np.float32)

@@ -192,7 +192,8 @@ def test_workers_values_combine_and_a_gone_workers_gauges_are_dropped(
 
     assert requests_total(text) == 9  # the gone worker's answers still count
     assert in_flight(text) == [3.0]  # its 5 in flight do not
-    assert labelled(text, "throttllem_predictor_ready") == {"length": 0.0, "performance": 1.0}
+    ready = labelled(text, "throttllem_predictor_ready")
+    assert ready == {"length": 0.0, "performance": 1.0, "power": 0.0}
     assert samples(text, "throttllem_state_store_degraded") == [1.0]  # any live worker's
     assert "pid=" not in text
     assert list(tmp_path.glob(f"gauge_live*_{gone}.db")) == []

@@ -14,7 +14,10 @@ window, gives each request's exact share. Printed and written as JSON:
   idle stretches with no request held are billed to nobody and shown apart);
 - each answer's relative error against its exact share: p50, p90, p99;
 - each answer's predicted energy (`usage.predicted_energy_j`) against its attributed one,
-  where the gateway predicted one.
+  where the gateway predicted one; and, to tell the energy model's error from the length
+  prediction's, the same per token: the prediction over the length the gateway predicted
+  (its shipped length model, run here on the same prompt) against the attributed energy
+  over the answer's true length.
 """
 
 from __future__ import annotations
@@ -57,6 +60,25 @@ class Answer:
     energy_j: float | None
     idle_j: float | None
     predicted_j: float | None
+    prompt: str = ""
+    predicted_tokens: int | None = None  # the gateway's length prediction, rerun here
+    steady: bool = False  # started after the first wave and ended before the drain
+
+
+def _add_predicted_lengths(answers: list[Answer], prompts: list[str],
+                           options: EnergyBenchOptions) -> None:  # fmt: skip
+    """The point prediction the gateway of `throttllem run` planned each answer on."""
+    from predictor.length import LengthPredictor
+    from predictor.shipped import length_model_path
+    from predictor.tokenizer import PromptTokenizer
+    from simulator.profile import load_profile
+
+    profile = load_profile(options.profile)
+    predictor = LengthPredictor(length_model_path(profile.model.recorded_responses))
+    tokenizer = PromptTokenizer.from_file(None)
+    for answer in answers:
+        ids = tokenizer.encode(answer.prompt)
+        answer.predicted_tokens = predictor.predict(ids, options.max_tokens).point()
 
 
 def bench_energy(options: EnergyBenchOptions, json_path: Path | None) -> dict[str, Any]:
@@ -71,6 +93,7 @@ def bench_energy(options: EnergyBenchOptions, json_path: Path | None) -> dict[st
                         timeout=60.0).json()  # fmt: skip
         weight = _gauge(httpx.get(f"{stack.base_url}/metrics").text,
                         "throttllem_energy_prefill_weight")  # fmt: skip
+    _add_predicted_lengths(answers, prompts, options)
     exact = exact_shares(log["records"], log["idle_power_w"], weight)
     report = energy_report(answers, exact, span, options, weight)
     print(markdown(report), end="")
@@ -122,6 +145,24 @@ def energy_report(answers: list[Answer], exact: dict[str, dict[str, float]],
         for a in told
         if a.predicted_j is not None and a.energy_j
     ]
+    per_token = [
+        (a.predicted_j / a.predicted_tokens) / (a.energy_j / a.completion_tokens) - 1
+        for a in told
+        if a.predicted_j is not None and a.predicted_tokens and a.energy_j and a.completion_tokens
+    ]
+    steady = [
+        (a.predicted_j - a.energy_j) / a.energy_j for a in told
+        if a.steady and a.predicted_j is not None and a.energy_j
+    ]  # fmt: skip
+    steady_per_token = [
+        (a.predicted_j / a.predicted_tokens) / (a.energy_j / a.completion_tokens) - 1
+        for a in told
+        if a.steady
+        and a.predicted_j is not None
+        and a.predicted_tokens
+        and a.energy_j
+        and a.completion_tokens
+    ]
     measured_j = span["energy_after_j"] - span["energy_before_j"]
     attributed_j = sum(a.energy_j or 0.0 for a in told)
     unattributed_j = exact.get("", {}).get("idle_j", 0.0)
@@ -152,6 +193,13 @@ def energy_report(answers: list[Answer], exact: dict[str, dict[str, float]],
         "predicted_relative_error": _quantiles(np.abs(predicted)),
         "predicted_signed_error_median": float(np.median(predicted)) if predicted else math.nan,
         "predicted": len(predicted),
+        "predicted_per_token_relative_error": _quantiles(np.abs(per_token)),
+        "steady": len(steady),
+        "steady_predicted_relative_error": _quantiles(np.abs(steady)),
+        "steady_predicted_per_token_relative_error": _quantiles(np.abs(steady_per_token)),
+        "predicted_per_token_signed_error_median": (
+            float(np.median(per_token)) if per_token else math.nan
+        ),
         "joules_per_request": _quantiles(np.array([a.energy_j for a in told])),
         "answers": [
             {
@@ -160,6 +208,7 @@ def energy_report(answers: list[Answer], exact: dict[str, dict[str, float]],
                 "energy_j": a.energy_j,
                 "energy_idle_j": a.idle_j,
                 "predicted_j": a.predicted_j,
+                "predicted_tokens": a.predicted_tokens,
                 "exact_j": _total(exact.get(a.digest, {})),
                 "exact_idle_j": exact.get(a.digest, {}).get("idle_j"),
             }
@@ -173,6 +222,9 @@ def markdown(report: dict[str, Any]) -> str:
         return "—" if value is None or math.isnan(value) else f"{value * 100:+.2f} %"
 
     errors, predicted = report["relative_error"], report["predicted_relative_error"]
+    per_token = report["predicted_per_token_relative_error"]
+    steady = report["steady_predicted_relative_error"]
+    steady_tok = report["steady_predicted_per_token_relative_error"]
     rows = [
         f"{report['requests']} answers ({report['told_energy']} with energy) from "
         f"{report['setting']['streams']} streams over {report['wall_s']:.0f} s on "
@@ -189,6 +241,13 @@ def markdown(report: dict[str, Any]) -> str:
         "| p90 ≤ 5 % |",
         f"| predicted vs attributed, p50 / p90 ({report['predicted']} answers) "
         f"| {_abs_pct(predicted['p50'])} / {_abs_pct(predicted['p90'])} | p50 ≤ 10 % |",
+        f"| the same per token (the length prediction's error taken out), p50 / p90 "
+        f"| {_abs_pct(per_token['p50'])} / {_abs_pct(per_token['p90'])} | |",
+        f"| predicted vs attributed in the steady state ({report['steady']} answers: not the "
+        f"first wave, not the drain), p50 / p90 | {_abs_pct(steady['p50'])} / "
+        f"{_abs_pct(steady['p90'])} | |",
+        f"| the same per token, p50 / p90 | {_abs_pct(steady_tok['p50'])} / "
+        f"{_abs_pct(steady_tok['p90'])} | |",
     ]
     return "\n".join(rows) + "\n"
 
@@ -237,7 +296,11 @@ async def _drive(base_url: str, control: str, prompts: list[str],
             while time.monotonic() - started_s < options.duration_s:
                 index, prompt = next(queue)
                 text = prompt if index < len(prompts) else f"{prompt} ({index})"
-                answers.append(await _one(client, model, text, options.max_tokens))
+                answer = await _one(client, model, text, options.max_tokens)
+                # the first wave joins an empty engine together; the last ones drain it
+                answer.steady = (index >= options.streams
+                                 and time.monotonic() - started_s < options.duration_s)  # fmt: skip
+                answers.append(answer)
 
         await asyncio.gather(*(stream_loop() for _ in range(options.streams)))
         energy_after_j = await _counter_j(http, control)
@@ -257,7 +320,7 @@ async def _one(client: Any, model: str, prompt: str, max_tokens: int) -> Answer:
     extra = (usage.model_extra or {}) if usage is not None else {}
     return Answer(prompt_digest(prompt), usage.completion_tokens if usage else 0,
                   extra.get("energy_j"), extra.get("energy_idle_j"),
-                  extra.get("predicted_energy_j"))  # fmt: skip
+                  extra.get("predicted_energy_j"), prompt)  # fmt: skip
 
 
 async def _counter_j(http: httpx.AsyncClient, control: str) -> float:
