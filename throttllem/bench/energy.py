@@ -84,7 +84,8 @@ def _add_predicted_lengths(answers: list[Answer], prompts: list[str],
 def bench_energy(options: EnergyBenchOptions, json_path: Path | None) -> dict[str, Any]:
     from throttllem.bench.live_agreement import running_stack
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # the client's line per request
+    for name in ("httpx", "httpx2"):  # the client's line per request
+        logging.getLogger(name).setLevel(logging.WARNING)
     prompts = _prompts(options.alpaca_eval, options.seed)
     with running_stack(options.profile) as stack:
         control = stack.control_url
