@@ -26,11 +26,11 @@ def test_the_exact_shares_split_each_iteration_whole_and_an_empty_one_to_nobody(
 
 def test_a_short_run_bills_every_answer_and_adds_up_to_the_counter(tmp_path):
     options = EnergyBenchOptions(
-        profile="a100-40gb/llama-2-13b/tp1", streams=4, duration_s=8.0, max_tokens=64,
+        profile="a100-40gb/llama-2-13b/tp1", streams=4, duration_s=4.0, max_tokens=64,
         alpaca_eval=shared_data("alpaca_eval/llama-2-13b-chat-hf.json"),
     )  # fmt: skip
     report = bench_energy(options, tmp_path / "energy.json")
-    assert report["requests"] >= 8 and report["told_energy"] == report["requests"]
+    assert report["requests"] >= 4 and report["told_energy"] == report["requests"]
     assert abs(report["sum_error"]) < 0.03
     assert report["relative_error"]["p50"] < 0.05
     assert report["predicted"] > 0

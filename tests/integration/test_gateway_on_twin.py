@@ -351,27 +351,35 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("env", "told"),
+    ("fields", "told"),
     [
-        ({"THROTTLLEM_GPU_BACKEND": "simulated"}, True),
-        ({"THROTTLLEM_GPU_BACKEND": "simulated", "THROTTLLEM_ENERGY_ATTRIBUTION": "false"}, False),
+        ({"gpu_backend": "simulated"}, True),
+        ({"gpu_backend": "simulated", "energy_attribution": False}, False),
         ({}, False),  # no governor meters the GPUs: no energy, never a made-up one
     ],
 )
-def test_energy_is_told_only_where_measured_and_wanted(stack: Stack, tmp_path, env, told):
-    env = {**env, "THROTTLLEM_GPU_CONTROL_URL": stack.control_url,
-           "THROTTLLEM_GOVERNOR_WINDOW_MS": "50"}  # fmt: skip
-    with gateway(stack, tmp_path, env) as base_url:
-        time.sleep(0.3)  # a few metered windows before the request
-        with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as client:
-            raw = client.completions.with_raw_response.create(
+async def test_energy_is_told_only_where_measured_and_wanted(stack: Stack, fields, told):
+    from throttllem.settings import Settings
+    from throttllem.wiring import create_gateway_app
+
+    settings = Settings(backend_url=f"http://127.0.0.1:{stack.triton_http_port}",
+                        served_model_name=MODEL, gpu_control_url=stack.control_url,
+                        **fields)  # fmt: skip
+    app = create_gateway_app(settings)
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.3)  # a few governor windows before the request
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            client = openai.AsyncOpenAI(base_url="http://gateway/v1", api_key="unused",
+                                        http_client=http, max_retries=0)  # fmt: skip
+            raw = await client.completions.with_raw_response.create(
                 model=MODEL, prompt="Say hello", max_tokens=16, extra_body={"ignore_eos": True}
             )
-            stream = client.completions.create(
+            stream = await client.completions.create(
                 model=MODEL, prompt="Say hello", max_tokens=16, stream=True,
                 stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
             )  # fmt: skip
-            streamed = list(stream)[-1].usage
+            streamed = [chunk async for chunk in stream][-1].usage
     whole = raw.parse().usage
     assert whole.completion_tokens == streamed.completion_tokens == 16
     assert ("energy_j" in (whole.model_extra or {})) is told

@@ -161,8 +161,11 @@ def test_profile_runs_against_the_twin_through_its_gpu_backend_and_metrics(twin:
 
     rows = asyncio.run(run())
     assert rows, "no windows measured"
-    assert {row.batch for row in rows} <= {1, 2}
-    assert all(row.tp == 2 and row.ips > 0 and row.freq_mhz % 15 == 0 for row in rows)
+    idle, busy = rows[0], rows[1:]
+    assert idle.batch == 0 and idle.power_w > 0  # the GPUs idle: the power model's idle
+    assert {row.batch for row in busy} <= {1, 2}
+    assert all(row.tp == 2 and row.ips > 0 and row.freq_mhz % 15 == 0 for row in busy)
+    assert all(row.power_w > idle.power_w for row in busy)
     states = httpx.get(f"{twin.control_url}/gpus").json()
     assert [gpu["locked_clock_mhz"] for gpu in states] == [None, None], (
         "clocks reset after profiling"

@@ -26,16 +26,18 @@ def test_the_profile_csv_has_the_documented_columns(tmp_path: Path):
     rows = profile_virtual("a100-40gb/llama-2-13b/tp1", output_tokens=32, batch_step=8)
     write_rows(tmp_path / "p.csv", rows)
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
-    first = read_rows(tmp_path / "p.csv")[0]
+    idle, first = read_rows(tmp_path / "p.csv")[:2]
+    assert (idle.batch, idle.ips) == (0, 0.0)  # the GPUs idle, for the power model
+    assert idle.power_w == pytest.approx(rows[0].power_w, abs=1e-3)
     assert (first.tp, first.batch, first.kv_blocks, first.freq_mhz) == (
         1,
         1,
-        rows[0].kv_blocks,
-        rows[0].freq_mhz,
+        rows[1].kv_blocks,
+        rows[1].freq_mhz,
     )
-    assert first.ips == pytest.approx(rows[0].ips, abs=1e-4)
-    assert {row.batch for row in rows} == {1, 9, 17, 25, 32}
-    assert all(row.ips > 0 and 210 <= row.freq_mhz <= 1410 for row in rows)
+    assert first.ips == pytest.approx(rows[1].ips, abs=1e-4)
+    assert {row.batch for row in rows[1:]} == {1, 9, 17, 25, 32}
+    assert all(row.ips > 0 and 210 <= row.freq_mhz <= 1410 for row in rows[1:])
 
 
 def test_the_report_has_the_papers_table_for_both_splits(trained):

@@ -192,6 +192,11 @@ class _Instance:
         )
         self._idle_power_w = profile.gpu.idle_power_w * profile.tensor_parallel
         self._billed_s, self._billed_mj = loaded_s, self._energy_mj()
+        # Running sums of the prices every iteration so far charged: a request running
+        # from iteration a to b pays the difference, so billing is O(1) per iteration.
+        self._unit_sum = self._held_sum = 0.0
+        self._unit_mark: dict[int, float] = {}  # running requests: the sum when they started
+        self._held_mark: dict[int, float] = {}  # held requests: the sum when they joined
         self.steps = ClockSteps(WINDOW_S, MIN_DWELL_S, profile.gpu.clock_switch_latency_s)
         self.release_after_s: float | None = None  # draining: hand back once empty after
         self.released = False
@@ -218,6 +223,7 @@ class _Instance:
                                          int(requests.max_tokens[index]),
                                          int(requests.outputs[index])))  # fmt: skip
         self.active[index] = None
+        self._held_mark[index] = self._held_sum
         requests.admitted_s[index] = now_s
         self.board_changed()
 
@@ -252,27 +258,35 @@ class _Instance:
 
     def bill(self, result: StepResult, requests: _Requests) -> None:
         """The iteration's energy (and the idle gap before it) split among the requests
-        the engine held, by the rule the live gateway bills by."""
+        the engine held, by the rule the live gateway bills by: one unit per emitted
+        token, the prefilled tokens at the prefill weight, idle by the time held."""
         energy_mj = self._energy_mj()
         duration_s = result.ended_s - self._billed_s
         energy_j = (energy_mj - self._billed_mj) / 1000
         self._billed_s, self._billed_mj = result.ended_s, energy_mj
-        held = np.fromiter(self.active, dtype=np.int64, count=len(self.active))
-        if not len(held) or duration_s <= 0:
+        active, emitted = requests.energy_active_j, result.emitted
+        for request_id in result.paused:  # out of the batch before this iteration
+            index = int(request_id)
+            active[index] += self._unit_sum - self._unit_mark.pop(index)
+        if not self.active or duration_s <= 0:
             return
-        emitted = np.array([int(r) for r in result.emitted], dtype=np.int64)
-        prefilled = emitted[len(emitted) - result.prefill_requests :]
-        tokens = np.asarray(result.prefilled_tokens, dtype=np.float64)
-        units = len(emitted) + self.prefill_weight * float(tokens.sum())
+        weight = self.prefill_weight
+        units = len(emitted) + weight * sum(result.prefilled_tokens)
         prices = price_window(energy_j, duration_s, self._idle_power_w, units,
-                              len(held) * duration_s, end_s=result.ended_s,
-                              prefill_weight=self.prefill_weight)  # fmt: skip
-        requests.energy_active_j[emitted] += prices.active_j_per_unit
-        if len(prefilled):
-            requests.energy_active_j[prefilled] += (
-                prices.active_j_per_unit * self.prefill_weight * tokens
-            )
-        requests.energy_idle_j[held] += prices.idle_j_per_held_s * duration_s
+                              len(self.active) * duration_s, end_s=result.ended_s,
+                              prefill_weight=weight)  # fmt: skip
+        per_unit = prices.active_j_per_unit
+        started = emitted[len(emitted) - result.prefill_requests :]
+        for request_id, tokens in zip(started, result.prefilled_tokens, strict=True):
+            index = int(request_id)
+            self._unit_mark[index] = self._unit_sum
+            active[index] += per_unit * weight * tokens
+        self._unit_sum += per_unit
+        self._held_sum += prices.idle_j_per_held_s * duration_s
+        for request_id in result.finished:
+            index = int(request_id)
+            active[index] += self._unit_sum - self._unit_mark.pop(index)
+            requests.energy_idle_j[index] += self._held_sum - self._held_mark.pop(index)
 
     def finish_step(self, requests: _Requests) -> bool:
         """Stamp the iteration's tokens; whether the board changed."""
