@@ -7,9 +7,10 @@ new tokens, and its prompt once its first token is there; its held time is the w
 or the part of it since its arrival for one new on the board. Workers count tokens on
 the board once a window, so a count may be up to a window old: it is carried forward
 to the pass at the request's own pace (never more than a window's worth), since a lag
-that aliases with the engine's iterations bills tokens to the wrong window's prices. The tails of requests
-settled by their workers meanwhile (slo_scoreboard/energy_ledger.py) join the window's
-totals, so the window's energy is split over all the work done in it.
+that aliases with the engine's iterations bills tokens to the wrong window's prices.
+The tails of requests settled by their workers meanwhile (slo_scoreboard/
+energy_ledger.py) join the window's totals, so the window's energy is split over all
+the work done in it.
 
 Idle power is the setting, per GPU, or else the lowest mean power over any stretch of
 `IDLE_SPAN_S` seen (a GPU never draws less than idle; with an idle stretch before the
@@ -76,13 +77,13 @@ class EnergyMeter:
         gpus: int,
         idle_power_w: float | None = None,
     ) -> None:
-        """`idle_power_w`: per GPU; None: learned (the lowest window's mean power)."""
+        """`idle_power_w`: per GPU; None: learned (the lowest mean power over a stretch
+        of `IDLE_SPAN_S`)."""
         if prefill_weight < 0 or gpus < 1:
             raise ValueError("the prefill weight must be >= 0 and the instance have a GPU")
         self._ledger = ledger
         self._read_board = read_board
         self.prefill_weight = prefill_weight
-        self._gpus = gpus
         self._idle_power_w = None if idle_power_w is None else idle_power_w * gpus
         self._lowest_power_w = math.inf
         self._readings: deque[tuple[float, float]] = deque()  # (s, mJ) over IDLE_SPAN_S
@@ -90,7 +91,6 @@ class EnergyMeter:
         self._seen: dict[str, _Seen] = {}
         self._carried_j = 0.0
         self.totals = MeterTotals()
-        self.last_prices: WindowPrices | None = None
 
     @property
     def idle_power_w(self) -> float | None:
@@ -155,7 +155,6 @@ class EnergyMeter:
             self.gap()
             return None
         self._carried_j = prices.carried_active_j
-        self.last_prices = prices
         self.totals.windows += 1
         self.totals.attributed_j += energy_j - prices.unattributed_j
         self.totals.unattributed_j += prices.unattributed_j
